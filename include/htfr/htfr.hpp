@@ -1,0 +1,7 @@
+// Umbrella header: the whole public API of htfr.
+#pragma once
+
+#include "htfr/config.hpp"
+#include "htfr/error.hpp"
+#include "htfr/model.hpp"
+#include "htfr/pool.hpp"
