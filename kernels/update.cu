@@ -1,1 +1,306 @@
-// placeholder
+// Training-step scatter without floating-point atomics: pairs are grouped by tensor with CUB's
+// radix sort, and one block per touched tensor sums its rows in ascending order, so two runs on
+// the same inputs give bit-identical parameters.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cub/block/block_reduce.cuh>
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_run_length_encode.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include "detail/check.hpp"
+#include "launch.cuh"
+#include "update.cuh"
+
+namespace htfr::detail {
+
+namespace {
+
+constexpr int kThreads = 256;
+using Reduce = cub::BlockReduce<float, kThreads>;
+
+int key_bits(int64_t n) {
+  int bits = 1;
+  while ((int64_t{1} << bits) < n) ++bits;
+  return bits;
+}
+
+__global__ void __launch_bounds__(kThreads) iota_kernel(int32_t* out, int64_t count) {
+  HTFR_GRID_STRIDE(i, count) out[i] = static_cast<int32_t>(i);
+}
+
+__device__ __forceinline__ void store_half(void* base, int64_t at, float v, Precision p) {
+  if (p == Precision::bf16) {
+    static_cast<__nv_bfloat16*>(base)[at] = __float2bfloat16_rn(v);
+  } else {
+    static_cast<__half*>(base)[at] = __float2half_rn(v);
+  }
+}
+
+/// Sum of three values over the block (fixed order), valid in every thread afterwards.
+__device__ void block_sum3(float v[3], float (*warp_part)[3], float* out) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int j = 0; j < 3; ++j) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v[j] += __shfl_down_sync(0xffffffffu, v[j], o);
+  }
+  if (lane == 0) {
+    warp_part[warp][0] = v[0];
+    warp_part[warp][1] = v[1];
+    warp_part[warp][2] = v[2];
+  }
+  __syncthreads();
+  if (threadIdx.x < 3) {
+    float s = 0.0f;
+    for (int w = 0; w < kThreads / 32; ++w) s += warp_part[w][threadIdx.x];
+    out[threadIdx.x] = s;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < 3; ++j) v[j] = out[j];
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a) {
+  __shared__ float warp_part[kThreads / 32][3];
+  __shared__ float sums[3];
+  const int64_t M = a.pool.output_dim;
+  const int runs = *a.num_runs;
+  for (int run = blockIdx.x; run < runs; run += gridDim.x) {
+    const int64_t i = a.run_tensor[run];
+    const int32_t begin = a.run_offset[run], count = a.run_count[run];
+    float* C = a.pool.controls + i * 3 * M;
+    // Pass 1: G_j = g_r . C_i[:, j] with the controls as they were at the start of the step.
+    for (int q = 0; q < count; ++q) {
+      const int32_t pair = a.sorted_pairs[begin + q];
+      const int64_t r = pair / a.k;
+      const float* g = a.g + r * M;
+      float part[3] = {0.0f, 0.0f, 0.0f};
+      for (int64_t m = threadIdx.x; m < M; m += kThreads) {
+        const float gm = g[m];
+        part[0] += gm * C[m];
+        part[1] += gm * C[M + m];
+        part[2] += gm * C[2 * M + m];
+      }
+      block_sum3(part, warp_part, sums);
+      if (threadIdx.x < 3) a.pair_dots[int64_t(pair) * 3 + threadIdx.x] = part[threadIdx.x];
+    }
+    // Pass 2: gradient of each control over the tensor's rows in ascending order, then the step.
+    for (int64_t m = threadIdx.x; m < M; m += kThreads) {
+      float grad[3] = {0.0f, 0.0f, 0.0f};
+      for (int q = 0; q < count; ++q) {
+        const int32_t pair = a.sorted_pairs[begin + q];
+        const ActiveCoef& c = a.coef[pair];
+        const float gm = a.g[(pair / a.k) * M + m];
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const float wa = c.w * c.a[j];
+          if (wa != 0.0f) grad[j] += wa * gm;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 3; ++j) {
+        const int64_t at = (i * 3 + j) * M + m;
+        float* mom = a.m_controls ? a.m_controls + at : nullptr;
+        float* var = a.v_controls ? a.v_controls + at : nullptr;
+        float dummy_m = 0.0f, dummy_v = 0.0f;
+        const float v = a.pool.controls[at] +
+                        optimizer_delta(a.step, a.step.lr, grad[j], mom ? mom : &dummy_m,
+                                        var ? var : &dummy_v);
+        a.pool.controls[at] = v;
+        if (a.pool.controls_half) store_half(a.pool.controls_half, at, v, a.pool.half_precision);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) pair_gradient_kernel(UpdateArgs a) {
+  HTFR_GRID_STRIDE(p, a.pairs) {
+    const float* G = a.pair_dots + p * 3;
+    a.pair_grad[p] = pair_gradient(a.coef[p], G, a.gy[p / a.k]);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) input_grad_kernel(UpdateArgs a,
+                                                              const int32_t* indices, float* dx) {
+  const int64_t D = a.pool.input_dim;
+  const int64_t r = blockIdx.x;
+  for (int64_t j = threadIdx.x; j < D; j += kThreads) {
+    float acc = 0.0f;
+    for (int k = 0; k < a.k; ++k) {
+      const int64_t p = r * a.k + k;
+      acc += a.pair_grad[p].e_exact * a.pool.normals[int64_t(indices[p]) * D + j];
+    }
+    dx[r * D + j] = acc;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a) {
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float s_scale;
+  const int64_t D = a.pool.input_dim, N = a.pool.num_tensors;
+  const int runs = *a.num_runs;
+  for (int run = blockIdx.x; run < runs; run += gridDim.x) {
+    const int64_t i = a.run_tensor[run];
+    const int32_t begin = a.run_offset[run], count = a.run_count[run];
+    auto e_of = [&](int32_t pair) {
+      return a.locality_gradient ? a.pair_grad[pair].e_exact : a.pair_grad[pair].e_paper;
+    };
+    auto grad_at = [&](int64_t j) {
+      float acc = 0.0f;
+      for (int q = 0; q < count; ++q) {
+        const int32_t pair = a.sorted_pairs[begin + q];
+        acc += e_of(pair) * a.x[(pair / a.k) * D + j];
+      }
+      return acc;
+    };
+    // Optional clipping of the normal's gradient norm.
+    float clip_scale = 1.0f;
+    if (a.step.geometry_clip > 0.0f) {
+      float part = 0.0f;
+      for (int64_t j = threadIdx.x; j < D; j += kThreads) {
+        const float gj = grad_at(j);
+        part += gj * gj;
+      }
+      const float total = Reduce(tmp).Sum(part);
+      if (threadIdx.x == 0) {
+        const float norm = sqrtf(total);
+        s_scale = norm > a.step.geometry_clip ? a.step.geometry_clip / norm : 1.0f;
+      }
+      __syncthreads();
+      clip_scale = s_scale;
+      __syncthreads();
+    }
+    float* n = a.pool.normals + i * D;
+    float part = 0.0f;
+    for (int64_t j = threadIdx.x; j < D; j += kThreads) {
+      const int64_t at = i * D + j;
+      float dummy_m = 0.0f, dummy_v = 0.0f;
+      const float v =
+          n[j] + optimizer_delta(a.step, a.step.lr_geometry, grad_at(j) * clip_scale,
+                                 a.m_normals ? a.m_normals + at : &dummy_m,
+                                 a.v_normals ? a.v_normals + at : &dummy_v);
+      n[j] = v;
+      part += v * v;
+    }
+    const float total = Reduce(tmp).Sum(part);
+    if (threadIdx.x == 0) s_scale = 1.0f / (sqrtf(total) + 1e-12f);
+    __syncthreads();
+    const float inv = s_scale;
+    for (int64_t j = threadIdx.x; j < D; j += kThreads) {
+      const float v = n[j] * inv;
+      n[j] = v;
+      if (a.pool.normals_half) store_half(a.pool.normals_half, i * D + j, v, a.pool.half_precision);
+    }
+    if (threadIdx.x == 0) {
+      double grad_delta = 0, grad_tau = 0, sum_abs_d = 0, sum_loss = 0, sum_pos = 0, sum_neg = 0;
+      int n_pos = 0, n_neg = 0;
+      for (int q = 0; q < count; ++q) {
+        const int32_t pair = a.sorted_pairs[begin + q];
+        grad_delta += e_of(pair);
+        grad_tau += a.pair_grad[pair].g_tau;
+        const float d = a.distances[pair];
+        sum_abs_d += fabsf(d);
+        sum_loss += a.row_loss[pair / a.k];
+        if (d > 0.0f) { sum_pos += d; ++n_pos; }
+        if (d < 0.0f) { sum_neg += d; ++n_neg; }
+      }
+      float dummy_m = 0.0f, dummy_v = 0.0f;
+      const StepParams& s = a.step;
+      a.pool.offsets[i] += optimizer_delta(s, s.lr_geometry, static_cast<float>(grad_delta),
+                                           a.m_scalars ? a.m_scalars + i : &dummy_m,
+                                           a.v_scalars ? a.v_scalars + i : &dummy_v);
+      if (s.lr_tau > 0.0f) {
+        const float t = a.pool.tau[i] +
+                        optimizer_delta(s, s.lr_tau, static_cast<float>(grad_tau),
+                                        a.m_scalars ? a.m_scalars + N + i : &dummy_m,
+                                        a.v_scalars ? a.v_scalars + N + i : &dummy_v);
+        a.pool.tau[i] = fmaxf(t, s.tau_min);
+      }
+      a.pool.dpos[i] = adapt_band(a.pool.dpos[i], s.band_gamma, n_pos,
+                                  n_pos ? float(sum_pos / n_pos) : 0.0f, s.band_min, true);
+      a.pool.dneg[i] = adapt_band(a.pool.dneg[i], s.band_gamma, n_neg,
+                                  n_neg ? float(sum_neg / n_neg) : 0.0f, s.band_min, false);
+      const float old = a.pool.use_count[i];
+      a.pool.mean_abs_d[i] =
+          static_cast<float>((double(a.pool.mean_abs_d[i]) * old + sum_abs_d) / (double(old) + count));
+      const float mean_loss = static_cast<float>(sum_loss / count);
+      a.pool.loss_trace[i] = old == 0.0f ? mean_loss : 0.9f * a.pool.loss_trace[i] + 0.1f * mean_loss;
+      a.pool.use_count[i] = old + static_cast<float>(count);
+      a.pool.last_used[i] = s.step;
+    }
+    __syncthreads();
+  }
+}
+
+unsigned run_grid(int64_t max_runs) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(max_runs, 65535)));
+}
+
+}  // namespace
+
+std::size_t group_pairs_temp_bytes(int64_t pairs, int64_t n) {
+  const int count = static_cast<int>(pairs);
+  std::size_t sort = 0, rle = 0, scan = 0;
+  HTFR_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, sort, static_cast<int32_t*>(nullptr),
+                                                  static_cast<int32_t*>(nullptr),
+                                                  static_cast<int32_t*>(nullptr),
+                                                  static_cast<int32_t*>(nullptr), count, 0,
+                                                  key_bits(n)));
+  HTFR_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(
+      nullptr, rle, static_cast<int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      static_cast<int32_t*>(nullptr), static_cast<int32_t*>(nullptr), count));
+  HTFR_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan, static_cast<int32_t*>(nullptr),
+                                                static_cast<int32_t*>(nullptr), count));
+  return std::max({sort, rle, scan});
+}
+
+void launch_group_pairs(const int32_t* indices, int64_t pairs, int64_t n, void* temp,
+                        std::size_t temp_bytes, int32_t* pair_ids, int32_t* sorted_keys,
+                        int32_t* sorted_pairs, int32_t* run_tensor, int32_t* run_count,
+                        int32_t* run_offset, int32_t* num_runs, cudaStream_t stream) {
+  HTFR_REQUIRE(pairs > 0 && pairs < (int64_t{1} << 31), InvalidArgument,
+               "rows * K = " << pairs << " must be in [1, 2^31)");
+  const int count = static_cast<int>(pairs);
+  iota_kernel<<<grid_for(pairs, kThreads), kThreads, 0, stream>>>(pair_ids, pairs);
+  HTFR_LAUNCH_CHECK();
+  std::size_t bytes = temp_bytes;
+  HTFR_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, bytes, indices, sorted_keys, pair_ids,
+                                                  sorted_pairs, count, 0, key_bits(n), stream));
+  // Runs past num_runs stay zero, so the scan below reads only initialised memory.
+  HTFR_CUDA_CHECK(cudaMemsetAsync(run_count, 0, sizeof(int32_t) * pairs, stream));
+  bytes = temp_bytes;
+  HTFR_CUDA_CHECK(cub::DeviceRunLengthEncode::Encode(temp, bytes, sorted_keys, run_tensor,
+                                                     run_count, num_runs, count, stream));
+  bytes = temp_bytes;
+  HTFR_CUDA_CHECK(
+      cub::DeviceScan::ExclusiveSum(temp, bytes, run_count, run_offset, count, stream));
+}
+
+void launch_control_update(const UpdateArgs& args, int64_t max_runs, cudaStream_t stream) {
+  control_update_kernel<<<run_grid(max_runs), kThreads, 0, stream>>>(args);
+  HTFR_LAUNCH_CHECK();
+}
+
+void launch_pair_gradients(const UpdateArgs& args, cudaStream_t stream) {
+  pair_gradient_kernel<<<grid_for(args.pairs, kThreads), kThreads, 0, stream>>>(args);
+  HTFR_LAUNCH_CHECK();
+}
+
+void launch_input_grad(const UpdateArgs& args, const int32_t* indices, int64_t rows, float* dx,
+                       cudaStream_t stream) {
+  if (rows == 0) return;
+  input_grad_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(args, indices, dx);
+  HTFR_LAUNCH_CHECK();
+}
+
+void launch_geometry_update(const UpdateArgs& args, int64_t max_runs, cudaStream_t stream) {
+  geometry_update_kernel<<<run_grid(max_runs), kThreads, 0, stream>>>(args);
+  HTFR_LAUNCH_CHECK();
+}
+
+}  // namespace htfr::detail
