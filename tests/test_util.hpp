@@ -82,7 +82,7 @@ template <typename T>
 class DeviceArray {
  public:
   explicit DeviceArray(std::size_t n) : n_(n) {
-    if (cudaMalloc(&ptr_, bytes()) != cudaSuccess) throw std::runtime_error("cudaMalloc failed");
+    if (cudaMalloc(reinterpret_cast<void**>(&ptr_), bytes()) != cudaSuccess) throw std::runtime_error("cudaMalloc failed");
     poison();
   }
   explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) { upload(host); }
