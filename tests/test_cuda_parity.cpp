@@ -59,23 +59,44 @@ struct Stream {
   ~Stream() { cudaStreamDestroy(s); }
 };
 
-/// Rows whose K-th and (K+1)-th smallest |d| (fp64-accumulated on the CPU) are closer than
-/// `gap`: there two correct implementations may select different sets, so parity is undefined.
+/// All N signed distances of each row, accumulated in fp64 from the pool's parameters.
+std::vector<double> reference_distances(const PoolParameters& p, const std::vector<float>& x,
+                                        int64_t rows) {
+  const int64_t N = p.num_tensors, D = p.input_dim;
+  std::vector<double> d(rows * N);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < N; ++i) {
+      double acc = p.offsets[i];
+      for (int64_t j = 0; j < D; ++j) acc += double(p.normals[i * D + j]) * x[r * D + j];
+      d[r * N + i] = acc;
+    }
+  }
+  return d;
+}
+
+/// The K-th smallest |d| of each row.
+std::vector<double> kth_smallest(const std::vector<double>& d, int64_t rows, int64_t n,
+                                 int64_t k) {
+  std::vector<double> out(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<double> a(n);
+    for (int64_t i = 0; i < n; ++i) a[i] = std::fabs(d[r * n + i]);
+    std::nth_element(a.begin(), a.begin() + (k - 1), a.end());
+    out[r] = a[k - 1];
+  }
+  return out;
+}
+
+/// Rows whose K-th and (K+1)-th smallest |d| (fp64) are closer than `gap`: there two correct
+/// implementations may select different sets, so parity is undefined.
 std::vector<bool> ambiguous_rows(const HtfrConfig& cfg, const HyperTensorPool& cpu_pool,
-                                 const std::vector<float>& x, int64_t rows, float gap) {
+                                 const std::vector<float>& x, int64_t rows, double gap) {
   std::vector<bool> out(rows, false);
   if (cfg.top_k == cfg.num_tensors) return out;  // every tensor is selected
-  HtfrConfig wider = cfg;
-  wider.top_k = cfg.top_k + 1;
-  HtfrModel probe(wider, cpu_pool.clone(Backend::cpu));
-  std::vector<int32_t> idx(rows * wider.top_k);
-  std::vector<float> d(idx.size());
-  probe.select(x.data(), rows, idx.data(), d.data());
-  for (int64_t r = 0; r < rows; ++r) {
-    const float a = std::fabs(d[r * wider.top_k + cfg.top_k - 1]);
-    const float b = std::fabs(d[r * wider.top_k + cfg.top_k]);
-    out[r] = b - a < gap;
-  }
+  const auto d = reference_distances(cpu_pool.download(), x, rows);
+  const auto kth = kth_smallest(d, rows, cfg.num_tensors, cfg.top_k);
+  const auto next = kth_smallest(d, rows, cfg.num_tensors, cfg.top_k + 1);
+  for (int64_t r = 0; r < rows; ++r) out[r] = next[r] - kth[r] < gap;
   return out;
 }
 
@@ -158,7 +179,7 @@ TEST_P(CudaParity, TrainStepsMatchCpu) {
     const std::vector<float> x = step == 0 ? quantized(c.B * c.D, 77, 32, 16.0f)
                                            : random_normal(c.B * c.D, 77 + step);
     if (step > 0) {
-      const auto ambiguous = ambiguous_rows(cfg, cpu.pool(), x, c.B, 1e-4f);
+      const auto ambiguous = ambiguous_rows(cfg, cpu.pool(), x, c.B, 1e-4);
       if (std::count(ambiguous.begin(), ambiguous.end(), true) > 0) break;
     }
     const Targets t = make_targets(c, 99 + step);
@@ -201,7 +222,7 @@ TEST_P(CudaParity, ForwardAndSelectMatchCpu) {
   HtfrModel gpu(cfg, cpu_pool.clone(Backend::cuda, 0, stream.s));
   HtfrModel cpu(cfg, std::move(cpu_pool));
   const std::vector<float> x = random_normal(c.B * c.D, 5);
-  const auto ambiguous = ambiguous_rows(cfg, cpu.pool(), x, c.B, 1e-5f);
+  const auto ambiguous = ambiguous_rows(cfg, cpu.pool(), x, c.B, 1e-5);
 
   std::vector<float> y(c.B * c.M), d(c.B * c.K);
   std::vector<int32_t> idx(c.B * c.K);
@@ -295,20 +316,26 @@ TEST(CudaPool, RandomInitMatchesCpu) {
   EXPECT_TRUE(all_close(a.tau, b.tau, 0, 0));
 }
 
-/// bf16/fp16 operands: distances carry ~3 significant digits, so near-ties may swap; the selection
-/// overlap with the fp32 selection is measured and the blend compared where the sets agree.
-TEST(CudaHalfPrecision, SelectionOverlapAndForward) {
+/// bf16/fp16 operands: distances carry 8 (bf16) or 11 (fp16) significant bits, so near-ties
+/// may swap. Correct up to its operands' precision means: every selected tensor's exact |d| is
+/// within the rounding bound of the exact K-th smallest |d|. The overlap with the exact selection
+/// is reported (a property of the data and the precision, measured at the benchmark shapes too),
+/// and the blend is compared where the sets agree.
+TEST(CudaHalfPrecision, SelectionIsOptimalUpToRounding) {
   HTFR_SKIP_WITHOUT_GPU();
   for (Precision prec : {Precision::bf16, Precision::fp16}) {
     Case c{"half", 300, 256, 64, 4000, 16};
     HtfrConfig cfg = config_of(c);
     HyperTensorPool cpu_pool = random_cpu_pool(cfg, 8);
+    const PoolParameters params = cpu_pool.download();
     HtfrModel ref(cfg, cpu_pool.clone(Backend::cpu));
     cfg.precision = prec;
     auto gpu_pool = HyperTensorPool::create(Backend::cuda, c.N, c.D, c.M, prec);
-    gpu_pool.upload(cpu_pool.download());
+    gpu_pool.upload(params);
     HtfrModel gpu(cfg, std::move(gpu_pool));
     const std::vector<float> x = random_normal(c.B * c.D, 6);
+    const auto exact = reference_distances(params, x, c.B);
+    const auto kth = kth_smallest(exact, c.B, c.N, c.K);
     std::vector<int32_t> idx(c.B * c.K);
     std::vector<float> d(idx.size()), y(c.B * c.M);
     ref.select(x.data(), c.B, idx.data(), d.data());
@@ -319,26 +346,37 @@ TEST(CudaHalfPrecision, SelectionOverlapAndForward) {
     gpu.forward(dx.get(), c.B, dy.get());
     const auto gidx = didx.download();
     const auto gy = dy.download();
+    // Rounding both operands to `bits` significant bits moves n.x by at most
+    // 2 * 2^-bits * sum_j |n_j x_j| <= 2^(1-bits) * ||x|| (unit normals); the offset is exact.
+    const double unit = prec == Precision::bf16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
     int64_t hits = 0, same_rows = 0;
     for (int64_t r = 0; r < c.B; ++r) {
-      const std::set<int32_t> a(gidx.begin() + r * c.K, gidx.begin() + (r + 1) * c.K);
+      double xnorm = 0;
+      for (int64_t j = 0; j < c.D; ++j) xnorm += double(x[r * c.D + j]) * x[r * c.D + j];
+      const double bound = 2.0 * unit * std::sqrt(xnorm);
       const std::set<int32_t> b(idx.begin() + r * c.K, idx.begin() + (r + 1) * c.K);
       int64_t common = 0;
-      for (int32_t i : a) common += b.count(i);
+      for (int64_t k = 0; k < c.K; ++k) {
+        const int32_t i = gidx[r * c.K + k];
+        ASSERT_GE(i, 0);
+        ASSERT_LT(i, c.N);
+        ASSERT_LE(std::fabs(exact[r * c.N + i]), kth[r] + 2.0 * bound)
+            << to_string(prec) << " row " << r << " selected tensor " << i;
+        common += b.count(i);
+      }
       hits += common;
       if (common == c.K) {
         ++same_rows;
         const std::vector<float> row_g(gy.begin() + r * c.M, gy.begin() + (r + 1) * c.M);
         const std::vector<float> row_c(y.begin() + r * c.M, y.begin() + (r + 1) * c.M);
-        // half operands: ~4e-3 (bf16) / 5e-4 (fp16) relative error per distance and control.
+        // weights from half-precision distances and half controls: ~1e-2 relative at most.
         EXPECT_TRUE(all_close(row_g, row_c, 3e-2, 3e-2)) << to_string(prec) << " row " << r;
       }
     }
     const double overlap = double(hits) / double(c.B * c.K);
-    std::cout << to_string(prec) << " top-K overlap with fp32: " << overlap << "\n";
+    std::cout << to_string(prec) << " top-K overlap with the exact selection: " << overlap
+              << " (" << same_rows << " of " << c.B << " rows identical)\n";
     RecordProperty(std::string("overlap_") + to_string(prec), std::to_string(overlap));
-    EXPECT_GE(overlap, 0.95) << to_string(prec);
-    EXPECT_GT(same_rows, c.B / 2);
   }
 }
 
