@@ -63,7 +63,8 @@ struct HtfrConfig {
   float band_gamma = 0.0f;    ///< band adaptation rate gamma (0 = fixed bands)
   float band_min = 1e-3f;     ///< bands never shrink below this magnitude
   float tau_min = 1e-3f;      ///< temperatures never fall below this
-  /// Clip the norm of each tensor's normal step to this value (0 = no clipping).
+  /// Clip the norm of each tensor's normal gradient (summed over the batch, before the optimiser
+  /// step) to this value (0 = no clipping).
   float geometry_clip = 0.0f;
   /// false: geometry follows the white paper §3.2 (distance sensitivity of L_i only);
   /// true: also the gradient through the locality weights (the exact gradient of the loss).
