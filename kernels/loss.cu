@@ -3,6 +3,9 @@
 #include <cuda/functional>
 #include <cuda/std/functional>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include "detail/check.hpp"
 #include "loss.cuh"
 
@@ -12,6 +15,17 @@ namespace {
 
 constexpr int kThreads = 256;
 using Reduce = cub::BlockReduce<float, kThreads>;
+
+__device__ __forceinline__ void store_gradient(const LossParams& p, float* g, int64_t at,
+                                               float v) {
+  g[at] = v;
+  if (p.g_half == nullptr) return;
+  if (p.half_precision == Precision::bf16) {
+    static_cast<__nv_bfloat16*>(p.g_half)[at] = __float2bfloat16_rn(v);
+  } else {
+    static_cast<__half*>(p.g_half)[at] = __float2half_rn(v);
+  }
+}
 
 /// Block-wide sum or max, the result broadcast to every thread.
 template <typename Op>
@@ -33,7 +47,6 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float slot;
   const int64_t row = blockIdx.x;
   const float* yr = y + row * m_total;
-  float* gr = g + row * m_total;
   const float* tr = target ? target + row * m_total : nullptr;
   float loss = 0.0f, dot = 0.0f;
   if (p.loss == Loss::mse) {
@@ -41,7 +54,7 @@ __global__ void __launch_bounds__(kThreads)
       const float diff = yr[m] - tr[m];
       loss += 0.5f * diff * diff;
       const float gm = p.scale * diff;
-      gr[m] = gm;
+      store_gradient(p, g, row * m_total + m, gm);
       dot += gm * yr[m];
     }
   } else {
@@ -72,7 +85,7 @@ __global__ void __launch_bounds__(kThreads)
         if (q > 0.0f) loss += wkl * q * (logf(q) - logp);
       }
       gm *= p.scale;
-      gr[m] = gm;
+      store_gradient(p, g, row * m_total + m, gm);
       dot += gm * yr[m];
     }
     if (ce && threadIdx.x == 0) loss += wce * (lse - yr[t]);

@@ -13,6 +13,9 @@ struct LossParams {
   Loss loss = Loss::mse;
   float ce_weight = 1.0f, kl_weight = 1.0f;
   float scale = 1.0f;  ///< 1 (sum) or 1/B (mean) applied to the gradient
+  /// When set (bf16/fp16 training), g is also written here in `half_precision`.
+  void* g_half = nullptr;
+  Precision half_precision = Precision::bf16;
 };
 
 /// For each row r of y (rows x M): row_loss[r] (unscaled), g[r, :] = scale * dL/dyhat and

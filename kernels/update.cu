@@ -39,88 +39,95 @@ __device__ __forceinline__ void store_half(void* base, int64_t at, float v, Prec
   }
 }
 
-/// Sum of three values over the block (fixed order), valid in every thread afterwards.
-__device__ void block_sum3(float v[3], float (*warp_part)[3], float* out) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int j = 0; j < 3; ++j) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v[j] += __shfl_down_sync(0xffffffffu, v[j], o);
-  }
-  if (lane == 0) {
-    warp_part[warp][0] = v[0];
-    warp_part[warp][1] = v[1];
-    warp_part[warp][2] = v[2];
-  }
-  __syncthreads();
-  if (threadIdx.x < 3) {
-    float s = 0.0f;
-    for (int w = 0; w < kThreads / 32; ++w) s += warp_part[w][threadIdx.x];
-    out[threadIdx.x] = s;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int j = 0; j < 3; ++j) v[j] = out[j];
-  __syncthreads();
+__device__ __forceinline__ float load_f(const float* p, int64_t at) { return p[at]; }
+__device__ __forceinline__ float load_f(const __nv_bfloat16* p, int64_t at) {
+  return __bfloat162float(p[at]);
+}
+__device__ __forceinline__ float load_f(const __half* p, int64_t at) {
+  return __half2float(p[at]);
 }
 
-__global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a) {
-  __shared__ float warp_part[kThreads / 32][3];
-  __shared__ float sums[3];
+/// One block per touched tensor, one pass over its rows per chunk of kThreads * VEC outputs: the
+/// chunk's old controls sit in registers, each row's gradient slice is read once, giving both the
+/// control gradient (summed in registers, rows in ascending order) and the partial dot products
+/// g_r . C_i[:, j] (warp-reduced, one slot per warp: no atomics).
+template <typename G, int VEC>
+__global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, const G* g) {
+  static_assert(kThreads / 32 == kDotParts, "one partial dot per warp");
   const int64_t M = a.pool.output_dim;
   const int runs = *a.num_runs;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int run = blockIdx.x; run < runs; run += gridDim.x) {
     const int64_t i = a.run_tensor[run];
     const int32_t begin = a.run_offset[run], count = a.run_count[run];
-    float* C = a.pool.controls + i * 3 * M;
-    // Pass 1: G_j = g_r . C_i[:, j] with the controls as they were at the start of the step.
-    for (int q = 0; q < count; ++q) {
-      const int32_t pair = a.sorted_pairs[begin + q];
-      const int64_t r = pair / a.k;
-      const float* g = a.g + r * M;
-      float part[3] = {0.0f, 0.0f, 0.0f};
-      for (int64_t m = threadIdx.x; m < M; m += kThreads) {
-        const float gm = g[m];
-        part[0] += gm * C[m];
-        part[1] += gm * C[M + m];
-        part[2] += gm * C[2 * M + m];
+    for (int64_t chunk = 0; chunk < M; chunk += int64_t(kThreads) * VEC) {
+      const int64_t m0 = chunk + int64_t(threadIdx.x) * VEC;
+      float c[3][VEC], grad[3][VEC];
+#pragma unroll
+      for (int j = 0; j < 3; ++j) {
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+          const int64_t m = m0 + v;
+          c[j][v] = m < M ? a.pool.controls[(i * 3 + j) * M + m] : 0.0f;
+          grad[j][v] = 0.0f;
+        }
       }
-      block_sum3(part, warp_part, sums);
-      if (threadIdx.x < 3) a.pair_dots[int64_t(pair) * 3 + threadIdx.x] = part[threadIdx.x];
-    }
-    // Pass 2: gradient of each control over the tensor's rows in ascending order, then the step.
-    for (int64_t m = threadIdx.x; m < M; m += kThreads) {
-      float grad[3] = {0.0f, 0.0f, 0.0f};
       for (int q = 0; q < count; ++q) {
         const int32_t pair = a.sorted_pairs[begin + q];
-        const ActiveCoef& c = a.coef[pair];
-        const float gm = a.g[(pair / a.k) * M + m];
+        const ActiveCoef& cf = a.coef[pair];
+        const G* gr = g + int64_t(pair / a.k) * M;
+        float gv[VEC];
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) gv[v] = m0 + v < M ? load_f(gr, m0 + v) : 0.0f;
+        float dot[3];
 #pragma unroll
         for (int j = 0; j < 3; ++j) {
-          const float wa = c.w * c.a[j];
-          if (wa != 0.0f) grad[j] += wa * gm;
+          const float wa = cf.w * cf.a[j];
+          dot[j] = 0.0f;
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) {
+            grad[j][v] += wa * gv[v];
+            dot[j] += gv[v] * c[j][v];
+          }
+#pragma unroll
+          for (int o = 16; o > 0; o >>= 1) dot[j] += __shfl_down_sync(0xffffffffu, dot[j], o);
+        }
+        if (lane == 0) {
+          float* slot = a.pair_dots + (int64_t(pair) * kDotParts + warp) * 3;
+#pragma unroll
+          for (int j = 0; j < 3; ++j) slot[j] = chunk == 0 ? dot[j] : slot[j] + dot[j];
         }
       }
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
-        const int64_t at = (i * 3 + j) * M + m;
-        float* mom = a.m_controls ? a.m_controls + at : nullptr;
-        float* var = a.v_controls ? a.v_controls + at : nullptr;
-        float dummy_m = 0.0f, dummy_v = 0.0f;
-        const float v = a.pool.controls[at] +
-                        optimizer_delta(a.step, a.step.lr, grad[j], mom ? mom : &dummy_m,
-                                        var ? var : &dummy_v);
-        a.pool.controls[at] = v;
-        if (a.pool.controls_half) store_half(a.pool.controls_half, at, v, a.pool.half_precision);
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+          const int64_t m = m0 + v;
+          if (m >= M) continue;
+          const int64_t at = (i * 3 + j) * M + m;
+          float dummy_m = 0.0f, dummy_v = 0.0f;
+          const float value =
+              c[j][v] + optimizer_delta(a.step, a.step.lr, grad[j][v],
+                                        a.m_controls ? a.m_controls + at : &dummy_m,
+                                        a.v_controls ? a.v_controls + at : &dummy_v);
+          a.pool.controls[at] = value;
+          if (a.pool.controls_half) {
+            store_half(a.pool.controls_half, at, value, a.pool.half_precision);
+          }
+        }
       }
     }
-    __syncthreads();
   }
 }
 
 __global__ void __launch_bounds__(kThreads) pair_gradient_kernel(UpdateArgs a) {
   HTFR_GRID_STRIDE(p, a.pairs) {
-    const float* G = a.pair_dots + p * 3;
+    float G[3] = {0.0f, 0.0f, 0.0f};
+    const float* parts = a.pair_dots + p * kDotParts * 3;
+    for (int w = 0; w < kDotParts; ++w) {
+#pragma unroll
+      for (int j = 0; j < 3; ++j) G[j] += parts[w * 3 + j];
+    }
     a.pair_grad[p] = pair_gradient(a.coef[p], G, a.gy[p / a.k]);
   }
 }
@@ -139,7 +146,8 @@ __global__ void __launch_bounds__(kThreads) input_grad_kernel(UpdateArgs a,
   }
 }
 
-__global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a) {
+template <typename X>
+__global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a, const X* x) {
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ float s_scale;
   const int64_t D = a.pool.input_dim, N = a.pool.num_tensors;
@@ -154,7 +162,7 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a)
       float acc = 0.0f;
       for (int q = 0; q < count; ++q) {
         const int32_t pair = a.sorted_pairs[begin + q];
-        acc += e_of(pair) * a.x[(pair / a.k) * D + j];
+        acc += e_of(pair) * load_f(x, int64_t(pair / a.k) * D + j);
       }
       return acc;
     };
@@ -281,9 +289,26 @@ void launch_group_pairs(const int32_t* indices, int64_t pairs, int64_t n, void* 
       cub::DeviceScan::ExclusiveSum(temp, bytes, run_count, run_offset, count, stream));
 }
 
-void launch_control_update(const UpdateArgs& args, int64_t max_runs, cudaStream_t stream) {
-  control_update_kernel<<<run_grid(max_runs), kThreads, 0, stream>>>(args);
+template <typename G>
+void launch_control_update_typed(const UpdateArgs& args, const G* g, int64_t max_runs,
+                                 cudaStream_t stream) {
+  if (args.pool.output_dim % 4 == 0) {
+    control_update_kernel<G, 4><<<run_grid(max_runs), kThreads, 0, stream>>>(args, g);
+  } else {
+    control_update_kernel<G, 1><<<run_grid(max_runs), kThreads, 0, stream>>>(args, g);
+  }
   HTFR_LAUNCH_CHECK();
+}
+
+void launch_control_update(const UpdateArgs& args, int64_t max_runs, cudaStream_t stream) {
+  if (args.g_half == nullptr) {
+    launch_control_update_typed(args, args.g, max_runs, stream);
+  } else if (args.pool.half_precision == Precision::bf16) {
+    launch_control_update_typed(args, static_cast<const __nv_bfloat16*>(args.g_half), max_runs,
+                                stream);
+  } else {
+    launch_control_update_typed(args, static_cast<const __half*>(args.g_half), max_runs, stream);
+  }
 }
 
 void launch_pair_gradients(const UpdateArgs& args, cudaStream_t stream) {
@@ -299,7 +324,16 @@ void launch_input_grad(const UpdateArgs& args, const int32_t* indices, int64_t r
 }
 
 void launch_geometry_update(const UpdateArgs& args, int64_t max_runs, cudaStream_t stream) {
-  geometry_update_kernel<<<run_grid(max_runs), kThreads, 0, stream>>>(args);
+  const unsigned grid = run_grid(max_runs);
+  if (args.x_half == nullptr) {
+    geometry_update_kernel<<<grid, kThreads, 0, stream>>>(args, args.x);
+  } else if (args.pool.half_precision == Precision::bf16) {
+    geometry_update_kernel<<<grid, kThreads, 0, stream>>>(
+        args, static_cast<const __nv_bfloat16*>(args.x_half));
+  } else {
+    geometry_update_kernel<<<grid, kThreads, 0, stream>>>(args,
+                                                          static_cast<const __half*>(args.x_half));
+  }
   HTFR_LAUNCH_CHECK();
 }
 

@@ -12,7 +12,12 @@
 
 namespace htfr::detail {
 
-/// Everything the update kernels read and write, passed by value.
+/// Partial sums per pair and column of G (one per warp of the control-update block).
+inline constexpr int kDotParts = 8;
+
+/// Everything the update kernels read and write, passed by value. When g_half / x_half are set
+/// (bf16/fp16 precision) the update reads them instead of the fp32 arrays: half the bytes, and
+/// small enough to stay in L2 at the benchmark shapes; accumulation stays fp32.
 struct UpdateArgs {
   PoolView pool;
   StepParams step;
@@ -20,7 +25,9 @@ struct UpdateArgs {
   int64_t pairs = 0;                     ///< rows * K
   bool locality_gradient = false;
   const float* x = nullptr;              ///< rows x D
-  const float* g = nullptr;              ///< rows x M, dL/dyhat (reduction applied)
+  const float* g = nullptr;              ///< rows x M, dL/dyhat (reduction applied), fp32
+  const void* g_half = nullptr;          ///< the same in the pool's half precision, or null
+  const void* x_half = nullptr;          ///< x in the pool's half precision, or null
   const float* gy = nullptr;             ///< rows, g . yhat
   const float* row_loss = nullptr;       ///< rows
   const float* distances = nullptr;      ///< pairs, signed d of each active pair
@@ -30,7 +37,8 @@ struct UpdateArgs {
   const int32_t* run_offset = nullptr;   ///< per run: first position in sorted_pairs
   const int32_t* run_count = nullptr;    ///< per run: number of pairs
   const int32_t* num_runs = nullptr;     ///< device scalar
-  float* pair_dots = nullptr;            ///< pairs x 3: G_j = g_r . C_i[:, j] (old controls)
+  /// pairs x kDotParts x 3: per-warp partial sums of G_j = g_r . C_i[:, j] (old controls)
+  float* pair_dots = nullptr;
   PairGradient* pair_grad = nullptr;     ///< pairs
   float* m_controls = nullptr;           ///< Adam state (null for SGD), same layouts as the pool
   float* v_controls = nullptr;

@@ -28,6 +28,7 @@ struct Workspace {
   ActiveCoef* coef = nullptr;
   float* y = nullptr;
   float* g = nullptr;
+  void* g_half = nullptr;
   float* row_loss = nullptr;
   float* gy = nullptr;
   int32_t *pair_ids = nullptr, *sorted_keys = nullptr, *sorted_pairs = nullptr;
@@ -97,6 +98,8 @@ class CudaBackend final : public ModelBackend {
       lp.ce_weight = c.ce_weight;
       lp.kl_weight = c.kl_weight;
       lp.scale = c.reduction == Reduction::mean ? 1.0f / static_cast<float>(B) : 1.0f;
+      lp.g_half = ws.g_half;
+      lp.half_precision = c.precision;
       launch_loss_gradient(lp, B, c.output_dim, y, batch.target, batch.target_index, ws.g,
                            row_loss, ws.gy, stream);
     }
@@ -115,6 +118,8 @@ class CudaBackend final : public ModelBackend {
     a.locality_gradient = c.locality_gradient;
     a.x = batch.x;
     a.g = ws.g;
+    a.g_half = ws.g_half;
+    a.x_half = ws.x_half;
     a.gy = ws.gy;
     a.row_loss = row_loss;
     a.distances = ws.dist;
@@ -220,6 +225,7 @@ class CudaBackend final : public ModelBackend {
       if (!train) return;
       ws.y = cv.take<float>(rows * M);
       ws.g = cv.take<float>(rows * M);
+      ws.g_half = half ? cv.take<uint16_t>(rows * M) : nullptr;
       ws.row_loss = cv.take<float>(rows);
       ws.gy = cv.take<float>(rows);
       ws.pair_ids = cv.take<int32_t>(pairs);
@@ -229,7 +235,7 @@ class CudaBackend final : public ModelBackend {
       ws.run_count = cv.take<int32_t>(pairs);
       ws.run_offset = cv.take<int32_t>(pairs);
       ws.num_runs = cv.take<int32_t>(1);
-      ws.pair_dots = cv.take<float>(pairs * 3);
+      ws.pair_dots = cv.take<float>(pairs * kDotParts * 3);
       ws.pair_grad = cv.take<PairGradient>(pairs);
       ws.sort_temp_bytes = group_pairs_temp_bytes(pairs, N);
       ws.sort_temp = cv.take<char>(ws.sort_temp_bytes);
