@@ -39,6 +39,7 @@ struct Options {
   std::vector<int64_t> rows = {256, 1024, 4096};
   std::vector<std::string> precisions = {"fp32", "bf16"};
   bool big = true;
+  bool profile = false;  ///< only train steps at the first shape/precision/rows, for profilers
   int warmup = 5;
   int iters = 25;
   std::string out = "bench_htfr.json";
@@ -200,6 +201,7 @@ int main(int argc, char** argv) {
       for (auto& r : split(next())) opt.rows.push_back(std::stoll(r));
     } else if (a == "--precisions") opt.precisions = split(next());
     else if (a == "--no-big") opt.big = false;
+    else if (a == "--profile") opt.profile = true;
     else if (a == "--iters") opt.iters = std::stoi(next());
     else if (a == "--warmup") opt.warmup = std::stoi(next());
     else if (a == "--out") opt.out = next();
@@ -218,7 +220,40 @@ int main(int argc, char** argv) {
     HTFR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     cudaDeviceProp prop{};
     HTFR_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    const Ceilings ceil = measure_ceilings(stream);
+    Ceilings ceil;
+    if (opt.profile) {
+      // A few training steps and nothing else, so a profiler sees only their kernels.
+      const Shape& s = *std::find_if(std::begin(kShapes), std::end(kShapes),
+                                     [&](const Shape& sh) { return sh.name == opt.shapes[0]; });
+      const int64_t rows = opt.rows[0];
+      const Precision prec = parse_precision(opt.precisions[0]);
+      HtfrConfig cfg;
+      cfg.input_dim = s.D;
+      cfg.output_dim = s.M;
+      cfg.num_tensors = s.N;
+      cfg.top_k = s.K;
+      cfg.loss = Loss::cross_entropy;
+      cfg.precision = prec;
+      cfg.check_finite = false;
+      auto pool = HyperTensorPool::create(Backend::cuda, s.N, s.D, s.M, prec);
+      pool.init_random(7, 0.3f, 1.0f, 1.0f, 0.1f, stream);
+      HtfrModel model(cfg, std::move(pool));
+      RandomBuffer x(std::size_t(rows) * s.D, 11, stream);
+      std::vector<int32_t> host_targets(rows);
+      for (int64_t r = 0; r < rows; ++r) host_targets[r] = int32_t((r * 7919) % s.M);
+      int32_t* targets = nullptr;
+      HTFR_CUDA_CHECK(cudaMalloc(&targets, sizeof(int32_t) * rows));
+      HTFR_CUDA_CHECK(cudaMemcpy(targets, host_targets.data(), sizeof(int32_t) * rows,
+                                 cudaMemcpyHostToDevice));
+      const Timing t = time_op(stream, 1, opt.iters, [&] {
+        model.train_step({x.ptr, rows, nullptr, targets}, {}, stream);
+      });
+      std::printf("profile: train %s %s rows=%lld median %.3f ms\n", s.name.c_str(),
+                  opt.precisions[0].c_str(), (long long)rows, t.median_ms);
+      HTFR_CUDA_CHECK(cudaFree(targets));
+      return 0;
+    }
+    ceil = measure_ceilings(stream);
     std::printf("device %s: copy %.0f GB/s, GEMM bf16 %.0f / tf32 %.0f / fp32 %.1f TFLOP/s\n",
                 prop.name, ceil.copy_gbps, ceil.gemm_bf16_tflops, ceil.gemm_tf32_tflops,
                 ceil.gemm_fp32_tflops);

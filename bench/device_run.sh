@@ -32,7 +32,25 @@ for mode in "$@"; do
       HTFR_COMMIT=${HTFR_COMMIT:-unknown} python3 bench/torch_baseline.py --bf16-blend bf16 --precisions bf16 \
         --out "$OUT/torch_baseline_bf16blend.json" ${TORCH_ARGS:-} >"$OUT/torch_bf16blend.log" 2>&1 || rc=1
       python3 bench/make_results.py --cpp "$OUT/bench_htfr.json" --torch "$OUT/torch_baseline.json" --out "$OUT/RESULTS.md" || rc=1 ;;
+    profile)
+      # Per-kernel device time of a few S2 bf16 training steps at 4096 rows.
+      ncu --metrics gpu__time_duration.sum --csv "$BUILD/bench/bench_htfr" --profile --shapes S2 \
+        --precisions bf16 --rows 4096 --iters 2 >"$OUT/ncu.csv" 2>"$OUT/ncu.err" || rc=1
+      python3 - "$OUT/ncu.csv" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]; ki = head.index("Kernel Name"); vi = head.index("Metric Value")
+tot = collections.OrderedDict()
+for r in rows[1:]:
+    k = r[ki][:70]; tot[k] = tot.get(k, 0) + float(r[vi].replace(",", ""))
+s = sum(tot.values())
+for k, v in sorted(tot.items(), key=lambda kv: -kv[1]):
+    print(f"{v/1e6/3:9.3f} ms/step  {100*v/s:5.1f}%  {k}")
+PY
+      ;;
     *) echo "unknown mode $mode"; rc=2 ;;
   esac
 done
+# At most 8 files come back: pack the logs into one archive.
+(cd "$OUT" && tar czf logs.tar.gz --remove-files *.log *.txt *.err 2>/dev/null)
 exit $rc
