@@ -47,19 +47,29 @@ __device__ __forceinline__ float load_f(const __half* p, int64_t at) {
   return __half2float(p[at]);
 }
 
+/// Pairs of one tensor staged in shared memory at a time.
+constexpr int kStage = 128;
+
 /// One block per touched tensor, one pass over its rows per chunk of kThreads * VEC outputs: the
 /// chunk's old controls sit in registers, each row's gradient slice is read once, giving both the
 /// control gradient (summed in registers, rows in ascending order) and the partial dot products
-/// g_r . C_i[:, j] (warp-reduced, one slot per warp: no atomics).
+/// g_r . C_i[:, j] (warp-reduced, one slot per warp: no atomics). The tensor's pairs (row offset
+/// and w * alpha) are staged in shared memory, so the only global load in the inner loop is the
+/// gradient slice itself; tensors with more than kStage rows go round by round.
 template <typename G, int VEC>
 __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, const G* g) {
   static_assert(kThreads / 32 == kDotParts, "one partial dot per warp");
+  __shared__ int64_t s_row[kStage];
+  __shared__ int32_t s_pair[kStage];
+  __shared__ float s_wa[kStage][3];
+  __shared__ float s_dot[kStage][kDotParts][3];
   const int64_t M = a.pool.output_dim;
   const int runs = *a.num_runs;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int run = blockIdx.x; run < runs; run += gridDim.x) {
     const int64_t i = a.run_tensor[run];
     const int32_t begin = a.run_offset[run], count = a.run_count[run];
+    const bool one_round = count <= kStage;
     for (int64_t chunk = 0; chunk < M; chunk += int64_t(kThreads) * VEC) {
       const int64_t m0 = chunk + int64_t(threadIdx.x) * VEC;
       float c[3][VEC], grad[3][VEC];
@@ -72,30 +82,54 @@ __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, 
           grad[j][v] = 0.0f;
         }
       }
-      for (int q = 0; q < count; ++q) {
-        const int32_t pair = a.sorted_pairs[begin + q];
-        const ActiveCoef& cf = a.coef[pair];
-        const G* gr = g + int64_t(pair / a.k) * M;
-        float gv[VEC];
-#pragma unroll
-        for (int v = 0; v < VEC; ++v) gv[v] = m0 + v < M ? load_f(gr, m0 + v) : 0.0f;
-        float dot[3];
-#pragma unroll
-        for (int j = 0; j < 3; ++j) {
-          const float wa = cf.w * cf.a[j];
-          dot[j] = 0.0f;
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) {
-            grad[j][v] += wa * gv[v];
-            dot[j] += gv[v] * c[j][v];
+      for (int base = 0; base < count; base += kStage) {
+        const int n_round = min(kStage, count - base);
+        if (!one_round || chunk == 0) {
+          __syncthreads();  // the previous round's staging and dots are no longer read
+          for (int t = threadIdx.x; t < n_round; t += kThreads) {
+            const int32_t pair = a.sorted_pairs[begin + base + t];
+            const ActiveCoef cf = a.coef[pair];
+            s_pair[t] = pair;
+            s_row[t] = int64_t(pair / a.k) * M;
+            s_wa[t][0] = cf.w * cf.a[0];
+            s_wa[t][1] = cf.w * cf.a[1];
+            s_wa[t][2] = cf.w * cf.a[2];
           }
-#pragma unroll
-          for (int o = 16; o > 0; o >>= 1) dot[j] += __shfl_down_sync(0xffffffffu, dot[j], o);
+          __syncthreads();
         }
-        if (lane == 0) {
-          float* slot = a.pair_dots + (int64_t(pair) * kDotParts + warp) * 3;
+        const bool fresh = chunk == 0 || !one_round;
+        for (int q = 0; q < n_round; ++q) {
+          float gv[VEC];
+          const G* gr = g + s_row[q];
 #pragma unroll
-          for (int j = 0; j < 3; ++j) slot[j] = chunk == 0 ? dot[j] : slot[j] + dot[j];
+          for (int v = 0; v < VEC; ++v) gv[v] = m0 + v < M ? load_f(gr, m0 + v) : 0.0f;
+          float dot[3];
+#pragma unroll
+          for (int j = 0; j < 3; ++j) {
+            const float wa = s_wa[q][j];
+            dot[j] = 0.0f;
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) {
+              grad[j][v] += wa * gv[v];
+              dot[j] += gv[v] * c[j][v];
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) dot[j] += __shfl_down_sync(0xffffffffu, dot[j], o);
+          }
+          if (lane == 0) {
+#pragma unroll
+            for (int j = 0; j < 3; ++j) s_dot[q][warp][j] = fresh ? dot[j] : s_dot[q][warp][j] + dot[j];
+          }
+        }
+        if (!one_round) {
+          // Several rounds: this round's partial dots go to global memory now (added per chunk).
+          __syncthreads();
+          for (int t = threadIdx.x; t < n_round * kDotParts * 3; t += kThreads) {
+            float* slot = a.pair_dots + int64_t(s_pair[t / (kDotParts * 3)]) * kDotParts * 3 +
+                          t % (kDotParts * 3);
+            const float v = (&s_dot[0][0][0])[t];
+            *slot = chunk == 0 ? v : *slot + v;
+          }
         }
       }
 #pragma unroll
@@ -117,6 +151,14 @@ __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, 
         }
       }
     }
+    if (one_round) {
+      __syncthreads();
+      for (int t = threadIdx.x; t < count * kDotParts * 3; t += kThreads) {
+        a.pair_dots[int64_t(s_pair[t / (kDotParts * 3)]) * kDotParts * 3 + t % (kDotParts * 3)] =
+            (&s_dot[0][0][0])[t];
+      }
+    }
+    __syncthreads();
   }
 }
 
@@ -146,33 +188,61 @@ __global__ void __launch_bounds__(kThreads) input_grad_kernel(UpdateArgs a,
   }
 }
 
-template <typename X>
+/// One block per touched tensor: the normal's gradient sum_r e_r x_r (rows in ascending order,
+/// VEC consecutive coordinates per thread, the pairs' row offsets and e staged in shared memory),
+/// optional clipping, the optimiser step, renormalisation; thread 0 then updates the scalars.
+template <typename X, int VEC>
 __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a, const X* x) {
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ float s_scale;
+  __shared__ int64_t s_row[kStage];
+  __shared__ float s_e[kStage];
   const int64_t D = a.pool.input_dim, N = a.pool.num_tensors;
   const int runs = *a.num_runs;
   for (int run = blockIdx.x; run < runs; run += gridDim.x) {
     const int64_t i = a.run_tensor[run];
     const int32_t begin = a.run_offset[run], count = a.run_count[run];
+    const bool one_round = count <= kStage;
     auto e_of = [&](int32_t pair) {
       return a.locality_gradient ? a.pair_grad[pair].e_exact : a.pair_grad[pair].e_paper;
     };
-    auto grad_at = [&](int64_t j) {
-      float acc = 0.0f;
-      for (int q = 0; q < count; ++q) {
-        const int32_t pair = a.sorted_pairs[begin + q];
-        acc += e_of(pair) * load_f(x, int64_t(pair / a.k) * D + j);
+    auto stage = [&](int base, int n_round) {
+      __syncthreads();
+      for (int t = threadIdx.x; t < n_round; t += kThreads) {
+        const int32_t pair = a.sorted_pairs[begin + base + t];
+        s_row[t] = int64_t(pair / a.k) * D;
+        s_e[t] = e_of(pair);
       }
-      return acc;
+      __syncthreads();
     };
-    // Optional clipping of the normal's gradient norm.
+    if (one_round) stage(0, count);
+    // grad[v] = sum over the tensor's rows of e * x[row, j0 + v]; every thread calls it for every
+    // chunk (it may stage, which synchronises the block).
+    auto chunk_grad = [&](int64_t j0, float (&grad)[VEC]) {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) grad[v] = 0.0f;
+      for (int base = 0; base < count; base += kStage) {
+        const int n_round = min(kStage, count - base);
+        if (!one_round) stage(base, n_round);
+        for (int q = 0; q < n_round; ++q) {
+          const float e = s_e[q];
+          const X* xr = x + s_row[q];
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) {
+            if (j0 + v < D) grad[v] += e * load_f(xr, j0 + v);
+          }
+        }
+      }
+    };
+    const int64_t step = int64_t(kThreads) * VEC;
     float clip_scale = 1.0f;
     if (a.step.geometry_clip > 0.0f) {
       float part = 0.0f;
-      for (int64_t j = threadIdx.x; j < D; j += kThreads) {
-        const float gj = grad_at(j);
-        part += gj * gj;
+      for (int64_t chunk = 0; chunk < D; chunk += step) {
+        float grad[VEC];
+        chunk_grad(chunk + int64_t(threadIdx.x) * VEC, grad);
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) part += grad[v] * grad[v];
       }
       const float total = Reduce(tmp).Sum(part);
       if (threadIdx.x == 0) {
@@ -185,15 +255,23 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
     }
     float* n = a.pool.normals + i * D;
     float part = 0.0f;
-    for (int64_t j = threadIdx.x; j < D; j += kThreads) {
-      const int64_t at = i * D + j;
-      float dummy_m = 0.0f, dummy_v = 0.0f;
-      const float v =
-          n[j] + optimizer_delta(a.step, a.step.lr_geometry, grad_at(j) * clip_scale,
-                                 a.m_normals ? a.m_normals + at : &dummy_m,
-                                 a.v_normals ? a.v_normals + at : &dummy_v);
-      n[j] = v;
-      part += v * v;
+    for (int64_t chunk = 0; chunk < D; chunk += step) {
+      const int64_t j0 = chunk + int64_t(threadIdx.x) * VEC;
+      float grad[VEC];
+      chunk_grad(j0, grad);
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        const int64_t j = j0 + v;
+        if (j >= D) continue;
+        const int64_t at = i * D + j;
+        float dummy_m = 0.0f, dummy_v = 0.0f;
+        const float value =
+            n[j] + optimizer_delta(a.step, a.step.lr_geometry, grad[v] * clip_scale,
+                                   a.m_normals ? a.m_normals + at : &dummy_m,
+                                   a.v_normals ? a.v_normals + at : &dummy_v);
+        n[j] = value;
+        part += value * value;
+      }
     }
     const float total = Reduce(tmp).Sum(part);
     if (threadIdx.x == 0) s_scale = 1.0f / (sqrtf(total) + 1e-12f);
@@ -323,18 +401,26 @@ void launch_input_grad(const UpdateArgs& args, const int32_t* indices, int64_t r
   HTFR_LAUNCH_CHECK();
 }
 
-void launch_geometry_update(const UpdateArgs& args, int64_t max_runs, cudaStream_t stream) {
-  const unsigned grid = run_grid(max_runs);
-  if (args.x_half == nullptr) {
-    geometry_update_kernel<<<grid, kThreads, 0, stream>>>(args, args.x);
-  } else if (args.pool.half_precision == Precision::bf16) {
-    geometry_update_kernel<<<grid, kThreads, 0, stream>>>(
-        args, static_cast<const __nv_bfloat16*>(args.x_half));
+template <typename X>
+void launch_geometry_update_typed(const UpdateArgs& args, const X* x, int64_t max_runs,
+                                  cudaStream_t stream) {
+  if (args.pool.input_dim % 4 == 0) {
+    geometry_update_kernel<X, 4><<<run_grid(max_runs), kThreads, 0, stream>>>(args, x);
   } else {
-    geometry_update_kernel<<<grid, kThreads, 0, stream>>>(args,
-                                                          static_cast<const __half*>(args.x_half));
+    geometry_update_kernel<X, 1><<<run_grid(max_runs), kThreads, 0, stream>>>(args, x);
   }
   HTFR_LAUNCH_CHECK();
+}
+
+void launch_geometry_update(const UpdateArgs& args, int64_t max_runs, cudaStream_t stream) {
+  if (args.x_half == nullptr) {
+    launch_geometry_update_typed(args, args.x, max_runs, stream);
+  } else if (args.pool.half_precision == Precision::bf16) {
+    launch_geometry_update_typed(args, static_cast<const __nv_bfloat16*>(args.x_half), max_runs,
+                                 stream);
+  } else {
+    launch_geometry_update_typed(args, static_cast<const __half*>(args.x_half), max_runs, stream);
+  }
 }
 
 }  // namespace htfr::detail
