@@ -98,27 +98,52 @@ __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, 
           __syncthreads();
         }
         const bool fresh = chunk == 0 || !one_round;
-        for (int q = 0; q < n_round; ++q) {
-          float gv[VEC];
-          const G* gr = g + s_row[q];
+        // Four rows at a time: their gradient slices are loaded before any is used, so four
+        // loads and four shuffle reductions are in flight together.
+        constexpr int kUnroll = 4;
+        for (int q0 = 0; q0 < n_round; q0 += kUnroll) {
+          float gv[kUnroll][VEC];
 #pragma unroll
-          for (int v = 0; v < VEC; ++v) gv[v] = m0 + v < M ? load_f(gr, m0 + v) : 0.0f;
-          float dot[3];
+          for (int u = 0; u < kUnroll; ++u) {
+            const int q = min(q0 + u, n_round - 1);
+            const G* gr = g + s_row[q];
 #pragma unroll
-          for (int j = 0; j < 3; ++j) {
-            const float wa = s_wa[q][j];
-            dot[j] = 0.0f;
+            for (int v = 0; v < VEC; ++v) gv[u][v] = m0 + v < M ? load_f(gr, m0 + v) : 0.0f;
+          }
+          float dot[kUnroll][3];
 #pragma unroll
-            for (int v = 0; v < VEC; ++v) {
-              grad[j][v] += wa * gv[v];
-              dot[j] += gv[v] * c[j][v];
+          for (int u = 0; u < kUnroll; ++u) {
+            const int q = q0 + u;
+            const bool valid = q < n_round;
+#pragma unroll
+            for (int j = 0; j < 3; ++j) {
+              const float wa = valid ? s_wa[q][j] : 0.0f;
+              dot[u][j] = 0.0f;
+#pragma unroll
+              for (int v = 0; v < VEC; ++v) {
+                grad[j][v] += wa * gv[u][v];
+                dot[u][j] += gv[u][v] * c[j][v];
+              }
             }
+          }
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) dot[j] += __shfl_down_sync(0xffffffffu, dot[j], o);
+          for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+            for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+              for (int j = 0; j < 3; ++j) dot[u][j] += __shfl_down_sync(0xffffffffu, dot[u][j], o);
+            }
           }
           if (lane == 0) {
 #pragma unroll
-            for (int j = 0; j < 3; ++j) s_dot[q][warp][j] = fresh ? dot[j] : s_dot[q][warp][j] + dot[j];
+            for (int u = 0; u < kUnroll; ++u) {
+              const int q = q0 + u;
+              if (q >= n_round) break;
+#pragma unroll
+              for (int j = 0; j < 3; ++j) {
+                s_dot[q][warp][j] = fresh ? dot[u][j] : s_dot[q][warp][j] + dot[u][j];
+              }
+            }
           }
         }
         if (!one_round) {
@@ -224,7 +249,23 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
       for (int base = 0; base < count; base += kStage) {
         const int n_round = min(kStage, count - base);
         if (!one_round) stage(base, n_round);
-        for (int q = 0; q < n_round; ++q) {
+        int q = 0;
+        for (; q + 4 <= n_round; q += 4) {
+          float xv[4][VEC];
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const X* xr = x + s_row[q + u];
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) xv[u][v] = j0 + v < D ? load_f(xr, j0 + v) : 0.0f;
+          }
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const float e = s_e[q + u];
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) grad[v] += e * xv[u][v];
+          }
+        }
+        for (; q < n_round; ++q) {
           const float e = s_e[q];
           const X* xr = x + s_row[q];
 #pragma unroll
