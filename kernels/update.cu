@@ -39,6 +39,40 @@ __device__ __forceinline__ void store_half(void* base, int64_t at, float v, Prec
   }
 }
 
+/// Stores value[0..VEC) at row + m0 (fp32, and the half copy when present): one 16-byte and one
+/// 8-byte store when VEC == 4 (the row length is then a multiple of 4), else element by element.
+template <int VEC>
+__device__ __forceinline__ void store_row(float* dst, void* half, Precision p, int64_t row,
+                                          int64_t m0, int64_t len, const float (&value)[VEC]) {
+  if (VEC == 4 && m0 < len) {
+    *reinterpret_cast<float4*>(dst + row + m0) =
+        make_float4(value[0], value[1 % VEC], value[2 % VEC], value[3 % VEC]);
+    if (half == nullptr) return;
+    if (p == Precision::bf16) {
+      __nv_bfloat162 lo = __floats2bfloat162_rn(value[0], value[1 % VEC]);
+      __nv_bfloat162 hi = __floats2bfloat162_rn(value[2 % VEC], value[3 % VEC]);
+      uint2 packed;
+      packed.x = *reinterpret_cast<uint32_t*>(&lo);
+      packed.y = *reinterpret_cast<uint32_t*>(&hi);
+      *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(half) + row + m0) = packed;
+    } else {
+      __half2 lo = __floats2half2_rn(value[0], value[1 % VEC]);
+      __half2 hi = __floats2half2_rn(value[2 % VEC], value[3 % VEC]);
+      uint2 packed;
+      packed.x = *reinterpret_cast<uint32_t*>(&lo);
+      packed.y = *reinterpret_cast<uint32_t*>(&hi);
+      *reinterpret_cast<uint2*>(static_cast<__half*>(half) + row + m0) = packed;
+    }
+    return;
+  }
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    if (m0 + v >= len) break;
+    dst[row + m0 + v] = value[v];
+    if (half) store_half(half, row + m0 + v, value[v], p);
+  }
+}
+
 __device__ __forceinline__ float load_f(const float* p, int64_t at) { return p[at]; }
 __device__ __forceinline__ float load_f(const __nv_bfloat16* p, int64_t at) {
   return __bfloat162float(p[at]);
@@ -75,12 +109,19 @@ __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, 
       float c[3][VEC], grad[3][VEC];
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
+        const float* col = a.pool.controls + (i * 3 + j) * M;
+        if (VEC == 4 && m0 < M) {  // M % 4 == 0: one aligned 16-byte load
+          const float4 q = *reinterpret_cast<const float4*>(col + m0);
+          c[j][0] = q.x;
+          c[j][1 % VEC] = q.y;
+          c[j][2 % VEC] = q.z;
+          c[j][3 % VEC] = q.w;
+        } else {
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) {
-          const int64_t m = m0 + v;
-          c[j][v] = m < M ? a.pool.controls[(i * 3 + j) * M + m] : 0.0f;
-          grad[j][v] = 0.0f;
+          for (int v = 0; v < VEC; ++v) c[j][v] = m0 + v < M ? col[m0 + v] : 0.0f;
         }
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) grad[j][v] = 0.0f;
       }
       for (int base = 0; base < count; base += kStage) {
         const int n_round = min(kStage, count - base);
@@ -159,21 +200,19 @@ __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, 
       }
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
+        float value[VEC];
 #pragma unroll
         for (int v = 0; v < VEC; ++v) {
-          const int64_t m = m0 + v;
-          if (m >= M) continue;
-          const int64_t at = (i * 3 + j) * M + m;
+          const int64_t at = (i * 3 + j) * M + m0 + v;
+          const bool in = m0 + v < M;
           float dummy_m = 0.0f, dummy_v = 0.0f;
-          const float value =
-              c[j][v] + optimizer_delta(a.step, a.step.lr, grad[j][v],
-                                        a.m_controls ? a.m_controls + at : &dummy_m,
-                                        a.v_controls ? a.v_controls + at : &dummy_v);
-          a.pool.controls[at] = value;
-          if (a.pool.controls_half) {
-            store_half(a.pool.controls_half, at, value, a.pool.half_precision);
-          }
+          value[v] = c[j][v] + (in ? optimizer_delta(a.step, a.step.lr, grad[j][v],
+                                                     a.m_controls ? a.m_controls + at : &dummy_m,
+                                                     a.v_controls ? a.v_controls + at : &dummy_v)
+                                   : 0.0f);
         }
+        store_row(a.pool.controls, a.pool.controls_half, a.pool.half_precision,
+                  (i * 3 + j) * M, m0, M, value);
       }
     }
     if (one_round) {
@@ -300,19 +339,22 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
       const int64_t j0 = chunk + int64_t(threadIdx.x) * VEC;
       float grad[VEC];
       chunk_grad(j0, grad);
+      float value[VEC];
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
         const int64_t j = j0 + v;
-        if (j >= D) continue;
         const int64_t at = i * D + j;
         float dummy_m = 0.0f, dummy_v = 0.0f;
-        const float value =
-            n[j] + optimizer_delta(a.step, a.step.lr_geometry, grad[v] * clip_scale,
-                                   a.m_normals ? a.m_normals + at : &dummy_m,
-                                   a.v_normals ? a.v_normals + at : &dummy_v);
-        n[j] = value;
-        part += value * value;
+        value[v] = j < D ? n[j] + optimizer_delta(a.step, a.step.lr_geometry,
+                                                   grad[v] * clip_scale,
+                                                   a.m_normals ? a.m_normals + at : &dummy_m,
+                                                   a.v_normals ? a.v_normals + at : &dummy_v)
+                         : 0.0f;
+        part += value[v] * value[v];
       }
+      // Unnormalised for now; the half copy is written after renormalisation.
+      store_row(a.pool.normals, static_cast<void*>(nullptr), a.pool.half_precision, i * D, j0, D,
+                value);
     }
     const float total = Reduce(tmp).Sum(part);
     if (threadIdx.x == 0) s_scale = 1.0f / (sqrtf(total) + 1e-12f);
