@@ -252,12 +252,37 @@ __global__ void __launch_bounds__(kThreads) input_grad_kernel(UpdateArgs a,
   }
 }
 
+/// Per-tensor sums over its rows for the scalar parameters and statistics.
+struct PairSums {
+  float grad_delta = 0, grad_tau = 0, sum_abs_d = 0, sum_loss = 0;
+  float sum_pos = 0, sum_neg = 0, n_pos = 0, n_neg = 0;
+};
+
+struct PairSumsAdd {
+  __device__ PairSums operator()(const PairSums& x, const PairSums& y) const {
+    PairSums o;
+    o.grad_delta = x.grad_delta + y.grad_delta;
+    o.grad_tau = x.grad_tau + y.grad_tau;
+    o.sum_abs_d = x.sum_abs_d + y.sum_abs_d;
+    o.sum_loss = x.sum_loss + y.sum_loss;
+    o.sum_pos = x.sum_pos + y.sum_pos;
+    o.sum_neg = x.sum_neg + y.sum_neg;
+    o.n_pos = x.n_pos + y.n_pos;
+    o.n_neg = x.n_neg + y.n_neg;
+    return o;
+  }
+};
+
+using SumsReduce = cub::BlockReduce<PairSums, kThreads>;
+
 /// One block per touched tensor: the normal's gradient sum_r e_r x_r (rows in ascending order,
 /// VEC consecutive coordinates per thread, the pairs' row offsets and e staged in shared memory),
-/// optional clipping, the optimiser step, renormalisation; thread 0 then updates the scalars.
+/// optional clipping, the optimiser step, renormalisation; then the scalars from block-reduced
+/// sums over the rows.
 template <typename X, int VEC>
 __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a, const X* x) {
   __shared__ typename Reduce::TempStorage tmp;
+  __shared__ typename SumsReduce::TempStorage sums_tmp;
   __shared__ float s_scale;
   __shared__ int64_t s_row[kStage];
   __shared__ float s_e[kStage];
@@ -360,24 +385,37 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
     if (threadIdx.x == 0) s_scale = 1.0f / (sqrtf(total) + 1e-12f);
     __syncthreads();
     const float inv = s_scale;
-    for (int64_t j = threadIdx.x; j < D; j += kThreads) {
-      const float v = n[j] * inv;
-      n[j] = v;
-      if (a.pool.normals_half) store_half(a.pool.normals_half, i * D + j, v, a.pool.half_precision);
+    for (int64_t chunk = 0; chunk < D; chunk += step) {
+      const int64_t j0 = chunk + int64_t(threadIdx.x) * VEC;
+      float value[VEC];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) value[v] = j0 + v < D ? n[j0 + v] * inv : 0.0f;
+      store_row(a.pool.normals, a.pool.normals_half, a.pool.half_precision, i * D, j0, D, value);
     }
-    if (threadIdx.x == 0) {
-      double grad_delta = 0, grad_tau = 0, sum_abs_d = 0, sum_loss = 0, sum_pos = 0, sum_neg = 0;
-      int n_pos = 0, n_neg = 0;
-      for (int q = 0; q < count; ++q) {
-        const int32_t pair = a.sorted_pairs[begin + q];
-        grad_delta += e_of(pair);
-        grad_tau += a.pair_grad[pair].g_tau;
-        const float d = a.distances[pair];
-        sum_abs_d += fabsf(d);
-        sum_loss += a.row_loss[pair / a.k];
-        if (d > 0.0f) { sum_pos += d; ++n_pos; }
-        if (d < 0.0f) { sum_neg += d; ++n_neg; }
+    // The tensor's scalar sums, one pair per thread and a fixed-order block reduction.
+    PairSums part_sums;
+    for (int q = threadIdx.x; q < count; q += kThreads) {
+      const int32_t pair = a.sorted_pairs[begin + q];
+      const float d = a.distances[pair];
+      part_sums.grad_delta += e_of(pair);
+      part_sums.grad_tau += a.pair_grad[pair].g_tau;
+      part_sums.sum_abs_d += fabsf(d);
+      part_sums.sum_loss += a.row_loss[pair / a.k];
+      if (d > 0.0f) {
+        part_sums.sum_pos += d;
+        part_sums.n_pos += 1.0f;
       }
+      if (d < 0.0f) {
+        part_sums.sum_neg += d;
+        part_sums.n_neg += 1.0f;
+      }
+    }
+    const PairSums sums = SumsReduce(sums_tmp).Reduce(part_sums, PairSumsAdd{});
+    if (threadIdx.x == 0) {
+      const float grad_delta = sums.grad_delta, grad_tau = sums.grad_tau;
+      const double sum_abs_d = sums.sum_abs_d, sum_loss = sums.sum_loss;
+      const float sum_pos = sums.sum_pos, sum_neg = sums.sum_neg;
+      const int n_pos = static_cast<int>(sums.n_pos), n_neg = static_cast<int>(sums.n_neg);
       float dummy_m = 0.0f, dummy_v = 0.0f;
       const StepParams& s = a.step;
       a.pool.offsets[i] += optimizer_delta(s, s.lr_geometry, static_cast<float>(grad_delta),
