@@ -50,6 +50,13 @@ __global__ void __launch_bounds__(kThreads) nonfinite_kernel(const float* data, 
   if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
 }
 
+__global__ void __launch_bounds__(kThreads) negative_kernel(const float* data, int64_t count,
+                                                            int* flag) {
+  bool bad = false;
+  HTFR_GRID_STRIDE(i, count) bad |= data[i] < 0.0f;
+  if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
+}
+
 __global__ void __launch_bounds__(kThreads) out_of_range_kernel(const int32_t* index,
                                                                 int64_t count, int32_t limit,
                                                                 int* flag) {
@@ -90,6 +97,12 @@ void launch_fill(float* dst, int64_t count, float value, cudaStream_t stream) {
 void launch_find_nonfinite(const float* data, int64_t count, int* flag, cudaStream_t stream) {
   if (count == 0) return;
   nonfinite_kernel<<<grid_for(count, kThreads, 4096), kThreads, 0, stream>>>(data, count, flag);
+  HTFR_LAUNCH_CHECK();
+}
+
+void launch_find_negative(const float* data, int64_t count, int* flag, cudaStream_t stream) {
+  if (count == 0) return;
+  negative_kernel<<<grid_for(count, kThreads, 4096), kThreads, 0, stream>>>(data, count, flag);
   HTFR_LAUNCH_CHECK();
 }
 

@@ -23,6 +23,9 @@ void launch_fill(float* dst, int64_t count, float value, cudaStream_t stream);
 /// Sets *flag to 1 if any of data[0..count) is NaN or Inf (flag is not cleared first).
 void launch_find_nonfinite(const float* data, int64_t count, int* flag, cudaStream_t stream);
 
+/// Sets *flag to 1 if any of data[0..count) is negative (flag is not cleared first).
+void launch_find_negative(const float* data, int64_t count, int* flag, cudaStream_t stream);
+
 /// Sets *flag to 1 if any index[0..count) lies outside [0, limit).
 void launch_find_out_of_range(const int32_t* index, int64_t count, int32_t limit, int* flag,
                               cudaStream_t stream);

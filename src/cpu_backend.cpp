@@ -45,6 +45,13 @@ class CpuBackend final : public ModelBackend {
     const int64_t B = batch.rows, D = c.input_dim, M = c.output_dim, K = c.top_k;
     check_values(batch.x, B * D, "x");
     if (batch.target) check_values(batch.target, B * M, "target");
+    if (batch.target && c.loss != Loss::mse && c.check_finite) {
+      for (int64_t i = 0; i < B * M; ++i) {
+        HTFR_REQUIRE(batch.target[i] >= 0.0f, InvalidArgument,
+                     "target[" << i << "] = " << batch.target[i]
+                               << " is a negative teacher probability; nothing was changed");
+      }
+    }
     if (batch.target_index) {
       for (int64_t r = 0; r < B; ++r) {
         HTFR_REQUIRE(batch.target_index[r] >= 0 && batch.target_index[r] < M, InvalidArgument,

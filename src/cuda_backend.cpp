@@ -178,7 +178,7 @@ class CudaBackend final : public ModelBackend {
     launch_blend(rows, k, ws.idx, ws.coef, p, config_.precision, y, stream);
   }
 
-  /// NaN/Inf in x or target and class indices out of range, checked on the device before anything
+  /// NaN/Inf in x or target, negative teacher probabilities and class indices out of range, checked on the device before anything
   /// changes; one small read-back, so this synchronises `stream`.
   void check_inputs(const float* x, int64_t rows, const float* target, const int32_t* index,
                     cudaStream_t stream) {
@@ -187,16 +187,19 @@ class CudaBackend final : public ModelBackend {
     HTFR_NVTX_RANGE("htfr::check_inputs");
     flags_.reserve(4 * sizeof(int));
     int* flags = static_cast<int*>(flags_.data());
-    HTFR_CUDA_CHECK(cudaMemsetAsync(flags, 0, 3 * sizeof(int), stream));
+    HTFR_CUDA_CHECK(cudaMemsetAsync(flags, 0, 4 * sizeof(int), stream));
     if (finite) {
       launch_find_nonfinite(x, rows * config_.input_dim, flags, stream);
       if (target) launch_find_nonfinite(target, rows * config_.output_dim, flags + 1, stream);
+      if (target && config_.loss != Loss::mse) {
+        launch_find_negative(target, rows * config_.output_dim, flags + 3, stream);
+      }
     }
     if (index) {
       launch_find_out_of_range(index, rows, static_cast<int32_t>(config_.output_dim), flags + 2,
                                stream);
     }
-    HTFR_CUDA_CHECK(cudaMemcpyAsync(host_flags_, flags, 3 * sizeof(int), cudaMemcpyDeviceToHost,
+    HTFR_CUDA_CHECK(cudaMemcpyAsync(host_flags_, flags, 4 * sizeof(int), cudaMemcpyDeviceToHost,
                                     stream));
     HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
     HTFR_REQUIRE(host_flags_[0] == 0, NonFiniteInput,
@@ -205,6 +208,8 @@ class CudaBackend final : public ModelBackend {
     HTFR_REQUIRE(host_flags_[1] == 0, NonFiniteInput,
                  "target (" << rows << " x " << config_.output_dim
                             << ") contains NaN or Inf; nothing was changed");
+    HTFR_REQUIRE(host_flags_[3] == 0, InvalidArgument,
+                 "target holds a negative teacher probability; nothing was changed");
     HTFR_REQUIRE(host_flags_[2] == 0, InvalidArgument,
                  "target_index holds a class index outside [0, " << config_.output_dim
                                                                  << "); nothing was changed");

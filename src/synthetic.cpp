@@ -62,8 +62,8 @@ uint64_t row_key(uint64_t seed, uint64_t stream, int64_t row) {
   return mix64(mix64(mix64(seed) + stream) ^ static_cast<uint64_t>(row));
 }
 
-void check_rows(int64_t first_row, int64_t rows, const void* a, const char* a_name,
-                const void* b, const char* b_name) {
+void check_rows(int64_t first_row, int64_t rows, const void* a, const char* a_name, const void* b,
+                const char* b_name) {
   HTFR_REQUIRE(rows >= 0, InvalidArgument, "rows must be >= 0, got " << rows);
   HTFR_REQUIRE(first_row >= 0, InvalidArgument, "first_row must be >= 0, got " << first_row);
   HTFR_REQUIRE(rows == 0 || a != nullptr, InvalidArgument, a_name << " is null");
@@ -108,6 +108,43 @@ SmoothFieldTask::SmoothFieldTask(const SmoothFieldSpec& spec) : spec_(spec) {
     phases_[i] = static_cast<float>(kTwoPi * rng.uniform());
     signs_[i] = (rng.next() >> 63) ? 1.0f : -1.0f;
   }
+  // Moments of u_m = sum_i s_i sin(a_i), a_i = f_i t_{q(i)} + phi_i, where t_q = p_q . x are
+  // jointly Gaussian with Cov(t_q, t_r) = p_q . p_r: E sin(a) = sin(phi) e^{-f^2 / 2}, and
+  // E sin(a_i) sin(a_j) = (E cos(a_i - a_j) - E cos(a_i + a_j)) / 2 with E cos(c) =
+  // cos(E c) e^{-Var(c) / 2}, Var(a_i -+ a_j) = f_i^2 + f_j^2 -+ 2 f_i f_j (p_qi . p_qj).
+  std::vector<double> rho(static_cast<std::size_t>(P * P));
+  for (int64_t q = 0; q < P; ++q) {
+    for (int64_t r = 0; r < P; ++r) {
+      double acc = 0.0;
+      for (int64_t j = 0; j < D; ++j) {
+        acc += double(directions_[q * D + j]) * directions_[r * D + j];
+      }
+      rho[q * P + r] = acc;
+    }
+  }
+  mean_.resize(static_cast<std::size_t>(M));
+  scale_.resize(static_cast<std::size_t>(M));
+  const int64_t per_output = P * W;
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t base = m * per_output;
+    double mean = 0.0, second = 0.0;
+    for (int64_t i = 0; i < per_output; ++i) {
+      const double fi = frequencies_[base + i], phi_i = phases_[base + i];
+      const double si = signs_[base + i];
+      mean += si * std::sin(phi_i) * std::exp(-0.5 * fi * fi);
+      for (int64_t j = 0; j < per_output; ++j) {
+        const double fj = frequencies_[base + j], phi_j = phases_[base + j];
+        const double sj = signs_[base + j];
+        const double cross = 2.0 * fi * fj * rho[(i / W) * P + (j / W)];
+        const double diff = std::cos(phi_i - phi_j) * std::exp(-0.5 * (fi * fi + fj * fj - cross));
+        const double sum = std::cos(phi_i + phi_j) * std::exp(-0.5 * (fi * fi + fj * fj + cross));
+        second += si * sj * 0.5 * (diff - sum);
+      }
+    }
+    const double variance = second - mean * mean;
+    mean_[m] = mean;
+    scale_[m] = double(spec.amplitude) / std::sqrt(variance > 1e-24 ? variance : 1.0);
+  }
 }
 
 void SmoothFieldTask::evaluate(const float* x, int64_t rows, float* y) const {
@@ -116,7 +153,6 @@ void SmoothFieldTask::evaluate(const float* x, int64_t rows, float* y) const {
                (x == nullptr ? "x" : "y") << " is null");
   const int64_t D = spec_.input_dim, M = spec_.output_dim, P = spec_.num_directions;
   const int64_t W = spec_.num_waves;
-  const double scale = double(spec_.amplitude) * std::sqrt(2.0 / double(P * W));
   std::vector<double> proj(static_cast<std::size_t>(P));
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * D;
@@ -131,11 +167,11 @@ void SmoothFieldTask::evaluate(const float* x, int64_t rows, float* y) const {
       for (int64_t q = 0; q < P; ++q) {
         for (int64_t h = 0; h < W; ++h) {
           const int64_t i = (m * P + q) * W + h;
-          acc += double(signs_[i]) *
-                 std::sin(double(frequencies_[i]) * proj[q] + double(phases_[i]));
+          acc +=
+              double(signs_[i]) * std::sin(double(frequencies_[i]) * proj[q] + double(phases_[i]));
         }
       }
-      y[r * M + m] = static_cast<float>(scale * acc);
+      y[r * M + m] = static_cast<float>(scale_[m] * (acc - mean_[m]));
     }
   }
 }
@@ -164,8 +200,7 @@ RegressionData SmoothFieldTask::sample(uint64_t stream, int64_t first_row, int64
 ClusterTask::ClusterTask(const ClusterSpec& spec) : spec_(spec) {
   HTFR_REQUIRE(spec.input_dim >= 1, InvalidArgument,
                "ClusterSpec::input_dim must be >= 1, got " << spec.input_dim);
-  HTFR_REQUIRE(spec.num_classes >= 2 && spec.num_classes <= (int64_t{1} << 31) - 1,
-               InvalidArgument,
+  HTFR_REQUIRE(spec.num_classes >= 2 && spec.num_classes <= (int64_t{1} << 31) - 1, InvalidArgument,
                "ClusterSpec::num_classes must be in [2, 2^31), got " << spec.num_classes);
   HTFR_REQUIRE(std::isfinite(spec.centroid_scale) && spec.centroid_scale > 0.0f, InvalidArgument,
                "ClusterSpec::centroid_scale must be finite and > 0, got " << spec.centroid_scale);

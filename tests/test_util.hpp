@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -110,6 +111,36 @@ class DeviceArray {
   std::size_t bytes() const { return n_ * sizeof(T); }
   T* ptr_ = nullptr;
   std::size_t n_ = 0;
+};
+
+/// An array of n elements in the memory space a backend reads: a host vector for the CPU, a
+/// DeviceArray (with a host mirror) for CUDA.
+template <typename T>
+class Staged {
+ public:
+  Staged(Backend backend, std::size_t n) : host_(n) {
+    if (backend == Backend::cuda) device_ = std::make_unique<DeviceArray<T>>(n);
+  }
+  Staged(Backend backend, const std::vector<T>& values) : host_(values) {
+    if (backend == Backend::cuda) device_ = std::make_unique<DeviceArray<T>>(values);
+  }
+  /// Copies `values` (n elements) in; returns the pointer to pass to the model.
+  T* set(const std::vector<T>& values) {
+    if (values.size() != host_.size()) throw std::runtime_error("Staged::set: size mismatch");
+    host_ = values;
+    if (device_) device_->upload(host_);
+    return get();
+  }
+  T* get() { return device_ ? device_->get() : host_.data(); }
+  /// The current contents (downloaded from the device for CUDA).
+  const std::vector<T>& fetch() {
+    if (device_) host_ = device_->download();
+    return host_;
+  }
+
+ private:
+  std::vector<T> host_;
+  std::unique_ptr<DeviceArray<T>> device_;
 };
 
 /// A CPU pool of the config's shape with random parameters: bands [-band, band], temperature tau.

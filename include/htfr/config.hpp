@@ -76,8 +76,9 @@ struct HtfrConfig {
   /// Operand precision of the distance GEMM and blend reads on the CUDA backend (the CPU backend
   /// always computes in fp32/fp64).
   Precision precision = Precision::fp32;
-  /// Check inputs and targets for NaN/Inf before using them. On the CUDA backend this reads one
-  /// flag back, so forward/train_step synchronise the stream once when it is on.
+  /// Check inputs and targets for NaN/Inf (and teacher probabilities for negative values) before
+  /// using them. On the CUDA backend this reads a few flags back, so forward/train_step
+  /// synchronise the stream once when it is on. Class indices are always range-checked.
   bool check_finite = true;
 
   /// Throws InvalidArgument naming the first field that is out of range.

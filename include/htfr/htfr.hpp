@@ -5,3 +5,4 @@
 #include "htfr/error.hpp"
 #include "htfr/model.hpp"
 #include "htfr/pool.hpp"
+#include "htfr/synthetic.hpp"
