@@ -306,8 +306,10 @@ int main(int argc, char** argv) {
           HTFR_CUDA_CHECK(cudaMalloc(&dist, sizeof(float) * rows * s.K));
           model.select(x.ptr, rows, idx, dist, stream);
           std::vector<int32_t> sel(rows * s.K);
-          HTFR_CUDA_CHECK(cudaMemcpy(sel.data(), idx, sizeof(int32_t) * sel.size(),
-                                     cudaMemcpyDeviceToHost));
+          // The stream is non-blocking: copy on it and wait, never through the legacy stream.
+          HTFR_CUDA_CHECK(cudaMemcpyAsync(sel.data(), idx, sizeof(int32_t) * sel.size(),
+                                          cudaMemcpyDeviceToHost, stream));
+          HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
           if (prec == Precision::fp32) {
             fp32_sel = sel;
           } else if (!fp32_sel.empty()) {

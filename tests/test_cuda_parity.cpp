@@ -380,5 +380,58 @@ TEST(CudaHalfPrecision, SelectionIsOptimalUpToRounding) {
   }
 }
 
+/// At the benchmark's S2 width (D = 4096, N = 16384, K = 24): the fp32 GPU selection equals the
+/// exact one on every well-separated row, and the half-precision selections are reported as
+/// overlap with it and as the mean exact |d| of what they selected.
+TEST(CudaHalfPrecision, WideShapeSelection) {
+  HTFR_SKIP_WITHOUT_GPU();
+  Case c{"wide", 24, 4096, 8, 16384, 24};
+  HtfrConfig cfg = config_of(c);
+  HyperTensorPool cpu_pool = random_cpu_pool(cfg, 21);
+  const PoolParameters params = cpu_pool.download();
+  const std::vector<float> x = random_normal(c.B * c.D, 22);
+  const auto exact = reference_distances(params, x, c.B);
+  const auto kth = kth_smallest(exact, c.B, c.N, c.K);
+  const auto next = kth_smallest(exact, c.B, c.N, c.K + 1);
+  std::vector<std::vector<int32_t>> selections;
+  for (Precision prec : {Precision::fp32, Precision::bf16, Precision::fp16}) {
+    HtfrConfig pc = cfg;
+    pc.precision = prec;
+    auto pool = HyperTensorPool::create(Backend::cuda, c.N, c.D, c.M, prec);
+    pool.upload(params);
+    HtfrModel gpu(pc, std::move(pool));
+    DeviceArray<float> dx(x), dd(c.B * c.K);
+    DeviceArray<int32_t> didx(c.B * c.K);
+    gpu.select(dx.get(), c.B, didx.get(), dd.get());
+    selections.push_back(didx.download());
+    double mean_abs = 0;
+    for (int32_t i : selections.back()) ASSERT_TRUE(i >= 0 && i < c.N);
+    for (int64_t r = 0; r < c.B; ++r) {
+      for (int64_t k = 0; k < c.K; ++k) {
+        mean_abs += std::fabs(exact[r * c.N + selections.back()[r * c.K + k]]);
+      }
+    }
+    mean_abs /= double(c.B * c.K);
+    int64_t hits = 0;
+    for (int64_t r = 0; r < c.B; ++r) {
+      const std::set<int32_t> a(selections[0].begin() + r * c.K,
+                                selections[0].begin() + (r + 1) * c.K);
+      for (int64_t k = 0; k < c.K; ++k) hits += a.count(selections.back()[r * c.K + k]);
+    }
+    double mean_kth = 0;
+    for (double v : kth) mean_kth += v / double(c.B);
+    std::cout << to_string(prec) << ": overlap with fp32 " << double(hits) / double(c.B * c.K)
+              << ", mean exact |d| of the selection " << mean_abs << " (mean K-th exact |d| "
+              << mean_kth << ")\n";
+  }
+  for (int64_t r = 0; r < c.B; ++r) {
+    if (next[r] - kth[r] < 1e-4) continue;
+    for (int64_t k = 0; k < c.K; ++k) {
+      ASSERT_LE(std::fabs(exact[r * c.N + selections[0][r * c.K + k]]), kth[r] + 1e-5)
+          << "fp32 row " << r;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace htfr::test
