@@ -175,6 +175,35 @@ std::string json_escape(const std::string& s) {
   return o;
 }
 
+/// The benchmarked model: cross-entropy, SGD at the white paper's rates, random pool (seed 7),
+/// no per-call NaN/Inf read-back so calls stay asynchronous.
+HtfrModel bench_model(const Shape& s, Precision prec, cudaStream_t stream) {
+  HtfrConfig cfg;
+  cfg.input_dim = s.D;
+  cfg.output_dim = s.M;
+  cfg.num_tensors = s.N;
+  cfg.top_k = s.K;
+  cfg.loss = Loss::cross_entropy;
+  cfg.lr = 0.05f;
+  cfg.lr_geometry = 0.005f;
+  cfg.precision = prec;
+  cfg.check_finite = false;
+  auto pool = HyperTensorPool::create(Backend::cuda, s.N, s.D, s.M, prec);
+  pool.init_random(7, 0.3f, 1.0f, 1.0f, 0.1f, stream);
+  return HtfrModel(cfg, std::move(pool));
+}
+
+/// Device array of `rows` class indices spread over [0, M).
+int32_t* make_targets(int64_t rows, int64_t m) {
+  std::vector<int32_t> host(rows);
+  for (int64_t r = 0; r < rows; ++r) host[r] = int32_t((r * 7919) % m);
+  int32_t* targets = nullptr;
+  HTFR_CUDA_CHECK(cudaMalloc(&targets, sizeof(int32_t) * rows));
+  HTFR_CUDA_CHECK(
+      cudaMemcpy(targets, host.data(), sizeof(int32_t) * rows, cudaMemcpyHostToDevice));
+  return targets;
+}
+
 struct Result {
   std::string op, shape, precision;
   int64_t rows, N, D, M, K;
@@ -227,24 +256,9 @@ int main(int argc, char** argv) {
                                      [&](const Shape& sh) { return sh.name == opt.shapes[0]; });
       const int64_t rows = opt.rows[0];
       const Precision prec = parse_precision(opt.precisions[0]);
-      HtfrConfig cfg;
-      cfg.input_dim = s.D;
-      cfg.output_dim = s.M;
-      cfg.num_tensors = s.N;
-      cfg.top_k = s.K;
-      cfg.loss = Loss::cross_entropy;
-      cfg.precision = prec;
-      cfg.check_finite = false;
-      auto pool = HyperTensorPool::create(Backend::cuda, s.N, s.D, s.M, prec);
-      pool.init_random(7, 0.3f, 1.0f, 1.0f, 0.1f, stream);
-      HtfrModel model(cfg, std::move(pool));
+      HtfrModel model = bench_model(s, prec, stream);
       RandomBuffer x(std::size_t(rows) * s.D, 11, stream);
-      std::vector<int32_t> host_targets(rows);
-      for (int64_t r = 0; r < rows; ++r) host_targets[r] = int32_t((r * 7919) % s.M);
-      int32_t* targets = nullptr;
-      HTFR_CUDA_CHECK(cudaMalloc(&targets, sizeof(int32_t) * rows));
-      HTFR_CUDA_CHECK(cudaMemcpy(targets, host_targets.data(), sizeof(int32_t) * rows,
-                                 cudaMemcpyHostToDevice));
+      int32_t* targets = make_targets(rows, s.M);
       const Timing t = time_op(stream, 1, opt.iters, [&] {
         model.train_step({x.ptr, rows, nullptr, targets}, {}, stream);
       });
@@ -266,30 +280,14 @@ int main(int argc, char** argv) {
       if (!wanted) continue;
       const int64_t max_rows = *std::max_element(opt.rows.begin(), opt.rows.end());
       RandomBuffer x(std::size_t(max_rows) * s.D, 11, stream);
-      std::vector<int32_t> host_targets(max_rows);
-      for (int64_t r = 0; r < max_rows; ++r) host_targets[r] = int32_t((r * 7919) % s.M);
-      int32_t* targets = nullptr;
+      int32_t* targets = make_targets(max_rows, s.M);
       float* y = nullptr;
-      HTFR_CUDA_CHECK(cudaMalloc(&targets, sizeof(int32_t) * max_rows));
       HTFR_CUDA_CHECK(cudaMalloc(&y, sizeof(float) * max_rows * s.M));
-      HTFR_CUDA_CHECK(cudaMemcpy(targets, host_targets.data(), sizeof(int32_t) * max_rows,
-                                 cudaMemcpyHostToDevice));
       std::vector<int32_t> fp32_sel;
       for (const std::string& pname : opt.precisions) {
         const Precision prec = parse_precision(pname);
-        HtfrConfig cfg;
-        cfg.input_dim = s.D;
-        cfg.output_dim = s.M;
-        cfg.num_tensors = s.N;
-        cfg.top_k = s.K;
-        cfg.loss = Loss::cross_entropy;
-        cfg.lr = 0.05f;
-        cfg.lr_geometry = 0.005f;
-        cfg.precision = prec;
-        cfg.check_finite = false;  // throughput figures: no per-call read-back
-        auto pool = HyperTensorPool::create(Backend::cuda, s.N, s.D, s.M, prec);
-        pool.init_random(7, 0.3f, 1.0f, 1.0f, 0.1f, stream);
-        HtfrModel model(cfg, std::move(pool));
+        HtfrModel model = bench_model(s, prec, stream);
+        const HtfrConfig& cfg = model.config();
         const double s_param = (prec == Precision::bf16 || prec == Precision::fp16) ? 2 : 4;
         const double gemm_rate =
             (prec == Precision::fp32 ? ceil.gemm_fp32_tflops

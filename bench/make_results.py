@@ -528,6 +528,8 @@ def main(argv=None):
     ap.add_argument("--torch", help="PyTorch baseline JSON (bench/torch_baseline.py)")
     ap.add_argument("--out", default=str(here / "RESULTS.md"),
                     help="Markdown output path, '-' for stdout (default: bench/RESULTS.md)")
+    ap.add_argument("--notes", help="Markdown file appended as the 'Notes' section (method, "
+                                    "floors, caveats), kept beside the data it explains")
     args = ap.parse_args(argv)
     if not args.cpp and not args.torch:
         ap.error("give --cpp and/or --torch")
@@ -535,6 +537,8 @@ def main(argv=None):
     tor = load_json(args.torch, "torch")
     text = build(cpp, tor, os.path.basename(args.cpp) if args.cpp else DASH,
                  os.path.basename(args.torch) if args.torch else DASH)
+    if args.notes:
+        text += "\n" + Path(args.notes).read_text(encoding="utf-8").rstrip() + "\n"
     if args.out == "-":
         sys.stdout.write(text)
         return 0
