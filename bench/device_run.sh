@@ -34,7 +34,7 @@ for mode in "$@"; do
       # beside the plain one.
       HTFR_COMMIT=${HTFR_COMMIT:-unknown} python3 bench/torch_baseline.py --bf16-blend bf16 --precisions bf16 \
         --out "$OUT/torch_baseline_bf16blend.json" ${TORCH_ARGS:-} >"$OUT/torch_bf16blend.log" 2>&1 || rc=1
-      python3 bench/make_results.py --cpp "$OUT/bench_htfr.json" --torch "$OUT/torch_baseline.json" --out "$OUT/RESULTS.md" || rc=1 ;;
+      python3 bench/make_results.py --cpp "$OUT/bench_htfr.json" --torch "$OUT/torch_baseline.json" --notes bench/NOTES.md --out "$OUT/RESULTS.md" || rc=1 ;;
     profile)
       # Per-kernel device time of a few S2 bf16 training steps at 4096 rows.
       ncu --metrics gpu__time_duration.sum --csv "$BUILD/bench/bench_htfr" --profile --shapes S2 \
