@@ -1,5 +1,7 @@
-// Row coefficients (one thread per row, the shared formulas) and the blend (one block per row and
-// slice of M, vectorised reads of the two non-zero control columns of each active tensor).
+// The fused forward kernel: one block per row and slice of M; its first warp turns the row's
+// selection into weights and interpolation coefficients (the shared formulas, normalised with
+// butterfly reductions, so every lane holds the same sum), then every thread blends its outputs
+// with vectorised reads of the two non-zero control columns of each active tensor.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -11,15 +13,54 @@ namespace htfr::detail {
 
 namespace {
 
-constexpr int kCoefThreads = 128;
 constexpr int kBlendThreads = 256;
+constexpr int kPerLane = 4;  // 32 lanes x 4 entries cover K <= 128
 
-__global__ void __launch_bounds__(kCoefThreads)
-    row_coefficients_kernel(FieldParams params, int64_t rows, int k, const int32_t* indices,
-                            const float* distances, PoolView pool, ActiveCoef* coef) {
-  HTFR_GRID_STRIDE(r, rows) {
-    row_coefficients(params, k, distances + r * k, indices + r * k, pool.tau, pool.dneg,
-                     pool.dpos, coef + r * k);
+/// Warp 0 of the block: coefficients of row `row` into shared memory (and `coef` if not null).
+__device__ void row_coefficients_warp(const FieldParams& p, int64_t row, int k,
+                                      const int32_t* __restrict__ indices,
+                                      const float* __restrict__ distances, const PoolView& pool,
+                                      ActiveCoef* coef, int32_t* s_idx, float (*s_wa)[3]) {
+  const int lane = threadIdx.x;
+  int32_t id[kPerLane];
+  float d[kPerLane], tau[kPerLane];
+  float shift = -INFINITY;
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) {
+    const int j = lane + 32 * e;
+    id[e] = j < k ? indices[row * k + j] : 0;
+    d[e] = j < k ? distances[row * k + j] : 0.0f;
+    tau[e] = j < k ? pool.tau[id[e]] : 1.0f;
+    if (j < k && p.weighting == Weighting::softmax) shift = fmaxf(shift, -fabsf(d[e]) / tau[e]);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) shift = fmaxf(shift, __shfl_xor_sync(0xffffffffu, shift, o));
+  float kv[kPerLane], kd[kPerLane], kt[kPerLane], sum = 0.0f;
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) {
+    const int j = lane + 32 * e;
+    kv[e] = j < k ? locality_kernel(p, d[e], tau[e], shift, &kd[e], &kt[e]) : 0.0f;
+    sum += kv[e];
+  }
+  // Butterfly: each step adds a pair of equal partial sums in both lanes, so all lanes agree.
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  const float inv = 1.0f / sum;
+#pragma unroll
+  for (int e = 0; e < kPerLane; ++e) {
+    const int j = lane + 32 * e;
+    if (j >= k) continue;
+    ActiveCoef c;
+    c.w = kv[e] * inv;
+    c.w_dd = kd[e] * inv;
+    c.w_dtau = kt[e] * inv;
+    interpolation_coefficients(p.interpolation, d[e], pool.dneg[id[e]], pool.dpos[id[e]], c.a,
+                               c.da);
+    s_idx[j] = id[e];
+    s_wa[j][0] = c.w * c.a[0];
+    s_wa[j][1] = c.w * c.a[1];
+    s_wa[j][2] = c.w * c.a[2];
+    if (coef) coef[row * k + j] = c;
   }
 }
 
@@ -30,18 +71,15 @@ __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 /// VEC consecutive outputs per thread; the block covers kBlendThreads * VEC outputs of one row.
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kBlendThreads)
-    blend_kernel(int k, int64_t m_total, const int32_t* __restrict__ indices,
-                 const ActiveCoef* __restrict__ coef, const T* __restrict__ controls,
-                 float* __restrict__ y) {
+    blend_kernel(FieldParams params, int k, int64_t m_total, const int32_t* __restrict__ indices,
+                 const float* __restrict__ distances, PoolView pool, const T* __restrict__ controls,
+                 ActiveCoef* coef, float* __restrict__ y) {
   __shared__ int32_t s_idx[128];
   __shared__ float s_wa[128][3];
   const int64_t row = blockIdx.x;
-  for (int j = threadIdx.x; j < k; j += kBlendThreads) {
-    const ActiveCoef c = coef[row * k + j];
-    s_idx[j] = indices[row * k + j];
-    s_wa[j][0] = c.w * c.a[0];
-    s_wa[j][1] = c.w * c.a[1];
-    s_wa[j][2] = c.w * c.a[2];
+  if (threadIdx.x < 32) {
+    row_coefficients_warp(params, row, k, indices, distances, pool, blockIdx.y == 0 ? coef : nullptr,
+                          s_idx, s_wa);
   }
   __syncthreads();
   const int64_t m0 = (static_cast<int64_t>(blockIdx.y) * kBlendThreads + threadIdx.x) * VEC;
@@ -76,8 +114,10 @@ __global__ void __launch_bounds__(kBlendThreads)
 }
 
 template <typename T>
-void launch_blend_typed(int64_t rows, int k, const int32_t* indices, const ActiveCoef* coef,
-                        const T* controls, int64_t m, float* y, cudaStream_t stream) {
+void launch_blend_typed(const FieldParams& params, int64_t rows, int k, const int32_t* indices,
+                        const float* distances, const PoolView& pool, const T* controls,
+                        ActiveCoef* coef, float* y, cudaStream_t stream) {
+  const int64_t m = pool.output_dim;
   // Vector loads need every column start aligned: M a multiple of 4 does it (slices are
   // 128-byte aligned).
   const bool vec = m % 4 == 0;
@@ -86,38 +126,32 @@ void launch_blend_typed(int64_t rows, int k, const int32_t* indices, const Activ
   HTFR_REQUIRE(tiles <= 65535, InvalidArgument, "output_dim " << m << " is too large to blend");
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(tiles));
   if (vec) {
-    blend_kernel<T, 4><<<grid, kBlendThreads, 0, stream>>>(k, m, indices, coef, controls, y);
+    blend_kernel<T, 4><<<grid, kBlendThreads, 0, stream>>>(params, k, m, indices, distances,
+                                                           pool, controls, coef, y);
   } else {
-    blend_kernel<T, 1><<<grid, kBlendThreads, 0, stream>>>(k, m, indices, coef, controls, y);
+    blend_kernel<T, 1><<<grid, kBlendThreads, 0, stream>>>(params, k, m, indices, distances,
+                                                           pool, controls, coef, y);
   }
   HTFR_LAUNCH_CHECK();
 }
 
 }  // namespace
 
-void launch_row_coefficients(const FieldParams& params, int64_t rows, int k,
-                             const int32_t* indices, const float* distances, const PoolView& pool,
-                             ActiveCoef* coef, cudaStream_t stream) {
+void launch_blend(const FieldParams& params, int64_t rows, int k, const int32_t* indices,
+                  const float* distances, const PoolView& pool, Precision precision,
+                  ActiveCoef* coef, float* y, cudaStream_t stream) {
   if (rows == 0) return;
-  row_coefficients_kernel<<<grid_for(rows, kCoefThreads), kCoefThreads, 0, stream>>>(
-      params, rows, k, indices, distances, pool, coef);
-  HTFR_LAUNCH_CHECK();
-}
-
-void launch_blend(int64_t rows, int k, const int32_t* indices, const ActiveCoef* coef,
-                  const PoolView& pool, Precision precision, float* y, cudaStream_t stream) {
-  if (rows == 0) return;
-  HTFR_REQUIRE(k >= 1 && k <= 128, InvalidArgument, "blend needs 1 <= K <= 128, got " << k);
+  HTFR_REQUIRE(k >= 1 && k <= 32 * kPerLane, InvalidArgument,
+               "blend needs 1 <= K <= " << 32 * kPerLane << ", got " << k);
   HTFR_REQUIRE(rows < (int64_t{1} << 31), InvalidArgument, "too many rows for one launch");
-  const int64_t m = pool.output_dim;
   if (precision == Precision::bf16) {
-    launch_blend_typed(rows, k, indices, coef,
-                       static_cast<const __nv_bfloat16*>(pool.controls_half), m, y, stream);
+    launch_blend_typed(params, rows, k, indices, distances, pool,
+                       static_cast<const __nv_bfloat16*>(pool.controls_half), coef, y, stream);
   } else if (precision == Precision::fp16) {
-    launch_blend_typed(rows, k, indices, coef, static_cast<const __half*>(pool.controls_half), m,
-                       y, stream);
+    launch_blend_typed(params, rows, k, indices, distances, pool,
+                       static_cast<const __half*>(pool.controls_half), coef, y, stream);
   } else {
-    launch_blend_typed(rows, k, indices, coef, pool.controls, m, y, stream);
+    launch_blend_typed(params, rows, k, indices, distances, pool, pool.controls, coef, y, stream);
   }
 }
 

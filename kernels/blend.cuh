@@ -11,15 +11,13 @@
 
 namespace htfr::detail {
 
-/// coef[r*K + k] = coefficients of row r's k-th active tensor (weights, their derivatives,
-/// alpha and d alpha / dd), from the selection. Asynchronous on `stream`.
-void launch_row_coefficients(const FieldParams& params, int64_t rows, int k,
-                             const int32_t* indices, const float* distances, const PoolView& pool,
-                             ActiveCoef* coef, cudaStream_t stream);
-
+/// One fused kernel per (row, slice of M): the row's locality weights and interpolation
+/// coefficients from its selection (indices, signed distances: rows x K), then
 /// y[r, m] = sum_k w_rk sum_j alpha_rkj C_{i_rk}[m, j]. Reads the controls' half copy when
-/// `precision` is bf16/fp16, the fp32 masters otherwise; accumulates in fp32. Asynchronous.
-void launch_blend(int64_t rows, int k, const int32_t* indices, const ActiveCoef* coef,
-                  const PoolView& pool, Precision precision, float* y, cudaStream_t stream);
+/// `precision` is bf16/fp16, the fp32 masters otherwise; accumulates in fp32. When `coef` is not
+/// null the coefficients are also written there (rows x K), for the training step. Asynchronous.
+void launch_blend(const FieldParams& params, int64_t rows, int k, const int32_t* indices,
+                  const float* distances, const PoolView& pool, Precision precision,
+                  ActiveCoef* coef, float* y, cudaStream_t stream);
 
 }  // namespace htfr::detail

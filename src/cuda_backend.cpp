@@ -75,7 +75,7 @@ class CudaBackend final : public ModelBackend {
     check_inputs(x, rows, nullptr, nullptr, stream);
     const Workspace ws = reserve(rows, false);
     distances_and_selection(x, rows, ws, ws.idx, ws.dist, stream);
-    blend(rows, ws, y, stream);
+    blend(rows, ws, y, false, stream);
   }
 
   void train_step(const Batch& batch, const StepOutputs& out, cudaStream_t stream) override {
@@ -88,7 +88,7 @@ class CudaBackend final : public ModelBackend {
     const Workspace ws = reserve(B, true);
     distances_and_selection(batch.x, B, ws, ws.idx, ws.dist, stream);
     float* y = out.prediction ? out.prediction : ws.y;
-    blend(B, ws, y, stream);
+    blend(B, ws, y, true, stream);
 
     float* row_loss = out.row_loss ? out.row_loss : ws.row_loss;
     {
@@ -170,12 +170,12 @@ class CudaBackend final : public ModelBackend {
     }
   }
 
-  void blend(int64_t rows, const Workspace& ws, float* y, cudaStream_t stream) {
+  /// The fused weights + coefficients + blend; the coefficients are kept when `keep_coef` (for
+  /// the training step).
+  void blend(int64_t rows, const Workspace& ws, float* y, bool keep_coef, cudaStream_t stream) {
     HTFR_NVTX_RANGE("htfr::blend");
-    const PoolView p = pool_.view();
-    const int k = static_cast<int>(config_.top_k);
-    launch_row_coefficients(field_params(config_), rows, k, ws.idx, ws.dist, p, ws.coef, stream);
-    launch_blend(rows, k, ws.idx, ws.coef, p, config_.precision, y, stream);
+    launch_blend(field_params(config_), rows, static_cast<int>(config_.top_k), ws.idx, ws.dist,
+                 pool_.view(), config_.precision, keep_coef ? ws.coef : nullptr, y, stream);
   }
 
   /// NaN/Inf in x or target, negative teacher probabilities and class indices out of range, checked on the device before anything
