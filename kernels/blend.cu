@@ -1,4 +1,4 @@
-// The fused forward kernel: one block per row and slice of M; its first warp turns the row's
+// The fused forward kernel: one block per row; its first warp turns the row's
 // selection into weights and interpolation coefficients (the shared formulas, normalised with
 // butterfly reductions, so every lane holds the same sum), then every thread blends its outputs
 // with vectorised reads of the two non-zero control columns of each active tensor.
@@ -78,38 +78,40 @@ __global__ void __launch_bounds__(kBlendThreads)
   __shared__ float s_wa[128][3];
   const int64_t row = blockIdx.x;
   if (threadIdx.x < 32) {
-    row_coefficients_warp(params, row, k, indices, distances, pool, blockIdx.y == 0 ? coef : nullptr,
-                          s_idx, s_wa);
+    row_coefficients_warp(params, row, k, indices, distances, pool, coef, s_idx, s_wa);
   }
   __syncthreads();
-  const int64_t m0 = (static_cast<int64_t>(blockIdx.y) * kBlendThreads + threadIdx.x) * VEC;
-  if (m0 >= m_total) return;
-  float acc[VEC];
+  // The whole row in one block, so its coefficients are computed once.
+  for (int64_t tile = 0; tile < m_total; tile += int64_t(kBlendThreads) * VEC) {
+    const int64_t m0 = tile + int64_t(threadIdx.x) * VEC;
+    if (m0 >= m_total) break;
+    float acc[VEC];
 #pragma unroll
-  for (int v = 0; v < VEC; ++v) acc[v] = 0.0f;
-  for (int j = 0; j < k; ++j) {
-    const T* base = controls + static_cast<int64_t>(s_idx[j]) * 3 * m_total + m0;
+    for (int v = 0; v < VEC; ++v) acc[v] = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      const T* base = controls + static_cast<int64_t>(s_idx[j]) * 3 * m_total + m0;
 #pragma unroll
-    for (int col = 0; col < 3; ++col) {
-      const float wa = s_wa[j][col];
-      if (wa == 0.0f) continue;  // alpha has at most two non-zero entries
-      const T* p = base + col * m_total;
-      if constexpr (VEC == 1) {
-        acc[0] += wa * to_float(p[0]);
-      } else {
-        // VEC consecutive elements in one aligned load (16 B for fp32, 8 B for halves).
-        using Vec = std::conditional_t<sizeof(T) == 4, float4, uint2>;
-        const Vec raw = *reinterpret_cast<const Vec*>(p);
-        const T* e = reinterpret_cast<const T*>(&raw);
+      for (int col = 0; col < 3; ++col) {
+        const float wa = s_wa[j][col];
+        if (wa == 0.0f) continue;  // alpha has at most two non-zero entries
+        const T* p = base + col * m_total;
+        if constexpr (VEC == 1) {
+          acc[0] += wa * to_float(p[0]);
+        } else {
+          // VEC consecutive elements in one aligned load (16 B for fp32, 8 B for halves).
+          using Vec = std::conditional_t<sizeof(T) == 4, float4, uint2>;
+          const Vec raw = *reinterpret_cast<const Vec*>(p);
+          const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-        for (int v = 0; v < VEC; ++v) acc[v] += wa * to_float(e[v]);
+          for (int v = 0; v < VEC; ++v) acc[v] += wa * to_float(e[v]);
+        }
       }
     }
-  }
-  float* out = y + row * m_total + m0;
+    float* out = y + row * m_total + m0;
 #pragma unroll
-  for (int v = 0; v < VEC; ++v) {
-    if (VEC == 1 || m0 + v < m_total) out[v] = acc[v];
+    for (int v = 0; v < VEC; ++v) {
+      if (VEC == 1 || m0 + v < m_total) out[v] = acc[v];
+    }
   }
 }
 
@@ -121,10 +123,7 @@ void launch_blend_typed(const FieldParams& params, int64_t rows, int k, const in
   // Vector loads need every column start aligned: M a multiple of 4 does it (slices are
   // 128-byte aligned).
   const bool vec = m % 4 == 0;
-  const int per_block = kBlendThreads * (vec ? 4 : 1);
-  const int64_t tiles = (m + per_block - 1) / per_block;
-  HTFR_REQUIRE(tiles <= 65535, InvalidArgument, "output_dim " << m << " is too large to blend");
-  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(tiles));
+  const dim3 grid(static_cast<unsigned>(rows));
   if (vec) {
     blend_kernel<T, 4><<<grid, kBlendThreads, 0, stream>>>(params, k, m, indices, distances,
                                                            pool, controls, coef, y);

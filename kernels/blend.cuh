@@ -11,7 +11,7 @@
 
 namespace htfr::detail {
 
-/// One fused kernel per (row, slice of M): the row's locality weights and interpolation
+/// One fused kernel, one block per row: the row's locality weights and interpolation
 /// coefficients from its selection (indices, signed distances: rows x K), then
 /// y[r, m] = sum_k w_rk sum_j alpha_rkj C_{i_rk}[m, j]. Reads the controls' half copy when
 /// `precision` is bf16/fp16, the fp32 masters otherwise; accumulates in fp32. When `coef` is not
