@@ -17,11 +17,12 @@ for mode in "$@"; do
       "$BUILD/tests/htfr_tests" 2>&1 | tee "$OUT/tests.log" | grep -E "^\[  (FAILED|SKIPPED|PASSED) |overlap|compared|FAILED|Failure|error" | head -80
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
     sanitize)
-      # Every GPU test under memcheck; racecheck (much slower) skips the long learning runs.
+      # Every GPU test under memcheck; the slower tools skip the long learning runs.
+      # SANITIZERS picks the tools (default: memcheck racecheck).
       gpu_tests='Shapes/CudaParity.*:CudaDeterminism.*:CudaPool.*:CudaHalfPrecision.*:*/cuda'
-      for tool in memcheck racecheck; do
+      for tool in ${SANITIZERS:-memcheck racecheck}; do
         filter=$gpu_tests
-        [ "$tool" = racecheck ] && filter="$gpu_tests:-Learning/*"
+        [ "$tool" != memcheck ] && filter="$gpu_tests:-Learning/*"
         compute-sanitizer --tool "$tool" --error-exitcode 3 "$BUILD/tests/htfr_tests" \
           --gtest_filter="$filter" >"$OUT/sanitize_$tool.log" 2>&1
         s=$?; echo "compute-sanitizer $tool: exit $s"; tail -4 "$OUT/sanitize_$tool.log"
