@@ -3,6 +3,7 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "../kernels/blend.cuh"
 #include "../kernels/distance.cuh"
@@ -41,13 +42,33 @@ struct Workspace {
   int* flags = nullptr;
 };
 
+/// Owning cuBLAS handle.
+struct CublasHandle {
+  cublasHandle_t handle = nullptr;
+  CublasHandle() { HTFR_CUBLAS_CHECK(cublasCreate(&handle)); }
+  ~CublasHandle() { (void)cublasDestroy(handle); }
+  CublasHandle(const CublasHandle&) = delete;
+  CublasHandle& operator=(const CublasHandle&) = delete;
+};
+
+/// Owning pinned host array of `n` ints (the flags read back by the input checks).
+struct PinnedFlags {
+  int* data = nullptr;
+  explicit PinnedFlags(std::size_t n) {
+    HTFR_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&data), n * sizeof(int)));
+  }
+  ~PinnedFlags() { (void)cudaFreeHost(data); }
+  PinnedFlags(const PinnedFlags&) = delete;
+  PinnedFlags& operator=(const PinnedFlags&) = delete;
+};
+
 class CudaBackend final : public ModelBackend {
  public:
   CudaBackend(const HtfrConfig& config, HyperTensorPool&& pool)
       : ModelBackend(config, std::move(pool)) {
     DeviceGuard guard(pool_.device());
-    HTFR_CUBLAS_CHECK(cublasCreate(&cublas_));
-    HTFR_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_flags_), 4 * sizeof(int)));
+    cublas_ = std::make_unique<CublasHandle>();
+    host_flags_ = std::make_unique<PinnedFlags>(4);
     if (config_.optimizer == Optimizer::adam) {
       const int64_t N = config_.num_tensors;
       const std::size_t floats =
@@ -55,11 +76,6 @@ class CudaBackend final : public ModelBackend {
       adam_.reserve(floats * sizeof(float));
       HTFR_CUDA_CHECK(cudaMemset(adam_.data(), 0, floats * sizeof(float)));
     }
-  }
-
-  ~CudaBackend() override {
-    if (cublas_) (void)cublasDestroy(cublas_);
-    if (host_flags_) (void)cudaFreeHost(host_flags_);
   }
 
   void select(const float* x, int64_t rows, int32_t* indices, float* distances,
@@ -161,7 +177,7 @@ class CudaBackend final : public ModelBackend {
     const PoolView p = pool_.view();
     {
       HTFR_NVTX_RANGE("htfr::distance_gemm");
-      launch_distance_gemm(cublas_, x, ws.x_half, rows, p, config_.precision, ws.dots, stream);
+      launch_distance_gemm(cublas_->handle, x, ws.x_half, rows, p, config_.precision, ws.dots, stream);
     }
     {
       HTFR_NVTX_RANGE("htfr::select_topk");
@@ -199,18 +215,19 @@ class CudaBackend final : public ModelBackend {
       launch_find_out_of_range(index, rows, static_cast<int32_t>(config_.output_dim), flags + 2,
                                stream);
     }
-    HTFR_CUDA_CHECK(cudaMemcpyAsync(host_flags_, flags, 4 * sizeof(int), cudaMemcpyDeviceToHost,
+    int* host_flags = host_flags_->data;
+    HTFR_CUDA_CHECK(cudaMemcpyAsync(host_flags, flags, 4 * sizeof(int), cudaMemcpyDeviceToHost,
                                     stream));
     HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
-    HTFR_REQUIRE(host_flags_[0] == 0, NonFiniteInput,
+    HTFR_REQUIRE(host_flags[0] == 0, NonFiniteInput,
                  "x (" << rows << " x " << config_.input_dim
                        << ") contains NaN or Inf; nothing was changed");
-    HTFR_REQUIRE(host_flags_[1] == 0, NonFiniteInput,
+    HTFR_REQUIRE(host_flags[1] == 0, NonFiniteInput,
                  "target (" << rows << " x " << config_.output_dim
                             << ") contains NaN or Inf; nothing was changed");
-    HTFR_REQUIRE(host_flags_[3] == 0, InvalidArgument,
+    HTFR_REQUIRE(host_flags[3] == 0, InvalidArgument,
                  "target holds a negative teacher probability; nothing was changed");
-    HTFR_REQUIRE(host_flags_[2] == 0, InvalidArgument,
+    HTFR_REQUIRE(host_flags[2] == 0, InvalidArgument,
                  "target_index holds a class index outside [0, " << config_.output_dim
                                                                  << "); nothing was changed");
   }
@@ -254,11 +271,11 @@ class CudaBackend final : public ModelBackend {
     return ws;
   }
 
-  cublasHandle_t cublas_ = nullptr;
+  std::unique_ptr<CublasHandle> cublas_;
+  std::unique_ptr<PinnedFlags> host_flags_;
   DeviceBuffer workspace_;
   DeviceBuffer adam_;
   DeviceBuffer flags_;
-  int* host_flags_ = nullptr;
 };
 
 }  // namespace
