@@ -103,6 +103,9 @@ struct ActiveCoef {
 };
 
 /// Fills out[0..K) for one row from its active distances d[0..K) and tensor indices idx[0..K).
+/// The CPU backend's row loop; the CUDA blend kernel evaluates the same per-entry formulas
+/// (locality_kernel, interpolation_coefficients) one entry per lane and normalises with warp
+/// reductions, so its sums differ from this loop only in rounding order.
 HTFR_HD void row_coefficients(const FieldParams& p, int K, const float* d, const int32_t* idx,
                               const float* tau, const float* dneg, const float* dpos,
                               ActiveCoef* out) {
