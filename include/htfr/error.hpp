@@ -44,8 +44,23 @@ class OutOfMemory : public Error {
   using Error::Error;
 };
 
-/// A CUDA runtime, cuBLAS or cuRAND call failed; the message names the call, file and line.
+/// A CUDA runtime, cuBLAS, cuRAND or cuSOLVER call failed; the message names the call, file and
+/// line.
 class CudaError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// A file could not be opened, read, written or renamed; the message names the path.
+class IoError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// A file exists but its contents are wrong: truncated, corrupt header, inconsistent sizes or
+/// checksums, or fields that disagree with what the reader expects. The message names the file
+/// and the first problem found.
+class FormatError : public Error {
  public:
   using Error::Error;
 };
