@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
 # Builds htfr on a GPU machine and runs what asks for one: `tests` (the whole GoogleTest suite),
 # `sanitize` (the GPU tests under compute-sanitizer memcheck and racecheck), `bench` (bench_htfr,
-# the PyTorch baseline, bench/RESULTS.md). Logs and JSON go to $OUT (default ./out).
+# the PyTorch baseline, bench/RESULTS.md), `projection` (bench_projection and its PyTorch baseline). Logs and JSON go to $OUT (default ./out).
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 BUILD=${BUILD:-build-gpu}
-cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cmake.log" 2>&1 \
+# Header-only JSON and OpenSSL's headers, when the machine lacks them, come from Debian packages
+# unpacked into .deps/ (carried with the tree); libcrypto itself is the machine's.
+extra=()
+if [ ! -f /usr/include/nlohmann/json.hpp ] && [ -d .deps/usr/share/cmake/nlohmann_json ]; then
+  extra+=("-Dnlohmann_json_DIR=$PWD/.deps/usr/share/cmake/nlohmann_json")
+fi
+if [ ! -f /usr/include/openssl/evp.h ] && [ -d .deps/usr/include/openssl ]; then
+  crypto=$(ls /usr/lib/x86_64-linux-gnu/libcrypto.so* 2>/dev/null | head -1)
+  extra+=("-DOPENSSL_INCLUDE_DIR=$PWD/.deps/usr/include" "-DOPENSSL_CRYPTO_LIBRARY=$crypto"
+          "-DCMAKE_CXX_FLAGS=-isystem $PWD/.deps/usr/include/x86_64-linux-gnu"
+          "-DCMAKE_CUDA_FLAGS=-isystem $PWD/.deps/usr/include/x86_64-linux-gnu")
+fi
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 "${extra[@]}" >"$OUT/cmake.log" 2>&1 \
   || { tail -30 "$OUT/cmake.log"; exit 1; }
 cmake --build "$BUILD" -j"$(nproc)" >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv >"$OUT/gpu.txt" 2>&1
@@ -20,6 +32,7 @@ for mode in "$@"; do
       # Every GPU test under memcheck; the slower tools skip the long learning runs.
       # SANITIZERS picks the tools (default: memcheck racecheck).
       gpu_tests='Shapes/CudaParity.*:CudaDeterminism.*:CudaPool.*:CudaHalfPrecision.*:*/cuda'
+      gpu_tests+=':FwhtCuda.*:SrhtCuda.*:CountSketchCuda.*:PcaCuda.*:ProjectionStackCuda.*:ProjectionAdjoint.*Gpu'
       for tool in ${SANITIZERS:-memcheck racecheck}; do
         filter=$gpu_tests
         [ "$tool" != memcheck ] && filter="$gpu_tests:-Learning/*"
@@ -36,6 +49,9 @@ for mode in "$@"; do
       HTFR_COMMIT=${HTFR_COMMIT:-unknown} python3 bench/torch_baseline.py --bf16-blend bf16 --precisions bf16 \
         --out "$OUT/torch_baseline_bf16blend.json" ${TORCH_ARGS:-} >"$OUT/torch_bf16blend.log" 2>&1 || rc=1
       python3 bench/make_results.py --cpp "$OUT/bench_htfr.json" --torch "$OUT/torch_baseline.json" --notes bench/NOTES.md --out "$OUT/RESULTS.md" || rc=1 ;;
+    projection)
+      HTFR_COMMIT=${HTFR_COMMIT:-unknown} "$BUILD/bench/bench_projection" --out "$OUT/bench_projection.json" ${PROJECTION_ARGS:-} 2>&1 | tee "$OUT/bench_projection.log" || rc=1
+      HTFR_COMMIT=${HTFR_COMMIT:-unknown} python3 bench/torch_projection.py --out "$OUT/torch_projection.json" 2>&1 | tee "$OUT/torch_projection.log" | tail -20 || rc=1 ;;
     profile)
       # Per-kernel device time of a few S2 bf16 training steps at 4096 rows.
       ncu --metrics gpu__time_duration.sum --csv "$BUILD/bench/bench_htfr" --profile --shapes S2 \

@@ -14,6 +14,7 @@
 #include "detail/backend.hpp"
 #include "detail/check.hpp"
 #include "detail/device.hpp"
+#include "detail/handles.hpp"
 #include "detail/nvtx.hpp"
 
 namespace htfr::detail {
@@ -40,15 +41,6 @@ struct Workspace {
   void* sort_temp = nullptr;
   std::size_t sort_temp_bytes = 0;
   int* flags = nullptr;
-};
-
-/// Owning cuBLAS handle.
-struct CublasHandle {
-  cublasHandle_t handle = nullptr;
-  CublasHandle() { HTFR_CUBLAS_CHECK(cublasCreate(&handle)); }
-  ~CublasHandle() { (void)cublasDestroy(handle); }
-  CublasHandle(const CublasHandle&) = delete;
-  CublasHandle& operator=(const CublasHandle&) = delete;
 };
 
 /// Owning pinned host array of `n` ints (the flags read back by the input checks).

@@ -87,5 +87,13 @@ void DeviceBuffer::reserve(std::size_t bytes) {
   bytes_ = bytes;
 }
 
+StreamScratch::StreamScratch(std::size_t bytes, cudaStream_t stream) : stream_(stream) {
+  if (bytes > 0) HTFR_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+}
+
+StreamScratch::~StreamScratch() {
+  if (ptr_) (void)cudaFreeAsync(ptr_, stream_);
+}
+
 }  // namespace detail
 }  // namespace htfr

@@ -1,6 +1,7 @@
 // Translation of CUDA-family status codes into htfr's typed exceptions.
 #include <cublas_api.h>
 #include <curand.h>
+#include <cusolver_common.h>
 
 #include "detail/check.hpp"
 
@@ -42,6 +43,13 @@ void throw_curand_error(int status, const char* expr, const char* file, int line
   const std::string msg =
       "cuRAND error " + std::to_string(status) + " in " + where(expr, file, line);
   if (status == CURAND_STATUS_ALLOCATION_FAILED) throw OutOfMemory(msg);
+  throw CudaError(msg);
+}
+
+void throw_cusolver_error(int status, const char* expr, const char* file, int line) {
+  const std::string msg =
+      "cuSOLVER error " + std::to_string(status) + " in " + where(expr, file, line);
+  if (status == CUSOLVER_STATUS_ALLOC_FAILED) throw OutOfMemory(msg);
   throw CudaError(msg);
 }
 

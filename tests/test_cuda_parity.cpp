@@ -49,16 +49,6 @@ HtfrConfig config_of(const Case& c) {
   return cfg;
 }
 
-/// A non-blocking stream owned by a test.
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() {
-    if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess)
-      throw std::runtime_error("cudaStreamCreate failed");
-  }
-  ~Stream() { cudaStreamDestroy(s); }
-};
-
 /// All N signed distances of each row, accumulated in fp64 from the pool's parameters.
 std::vector<double> reference_distances(const PoolParameters& p, const std::vector<float>& x,
                                         int64_t rows) {

@@ -77,6 +77,16 @@ inline ::testing::AssertionResult all_close(const std::vector<float>& actual,
          << ")";
 }
 
+/// A non-blocking stream owned by a test.
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() {
+    if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess)
+      throw std::runtime_error("cudaStreamCreate failed");
+  }
+  ~Stream() { cudaStreamDestroy(s); }
+};
+
 /// Owning device array for tests; poisoned with NaN (0xFF bytes) on creation so an element the
 /// code under test does not write is caught.
 template <typename T>

@@ -5,4 +5,6 @@
 #include "htfr/error.hpp"
 #include "htfr/model.hpp"
 #include "htfr/pool.hpp"
+#include "htfr/projection.hpp"
+#include "htfr/safetensors.hpp"
 #include "htfr/synthetic.hpp"

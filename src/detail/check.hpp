@@ -16,6 +16,8 @@ void throw_cuda_error(cudaError_t status, const char* expr, const char* file, in
 void throw_cublas_error(int status, const char* expr, const char* file, int line);
 /// Throws CudaError (or OutOfMemory) for a failed cuRAND status.
 void throw_curand_error(int status, const char* expr, const char* file, int line);
+/// Throws CudaError (or OutOfMemory) for a failed cuSOLVER status.
+void throw_cusolver_error(int status, const char* expr, const char* file, int line);
 
 }  // namespace htfr::detail
 
@@ -41,6 +43,13 @@ void throw_curand_error(int status, const char* expr, const char* file, int line
     const int htfr_status_ = static_cast<int>(expr);                               \
     if (htfr_status_ != 0)                                                         \
       ::htfr::detail::throw_curand_error(htfr_status_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+#define HTFR_CUSOLVER_CHECK(expr)                                                    \
+  do {                                                                               \
+    const int htfr_status_ = static_cast<int>(expr);                                 \
+    if (htfr_status_ != 0)                                                           \
+      ::htfr::detail::throw_cusolver_error(htfr_status_, #expr, __FILE__, __LINE__); \
   } while (0)
 
 /// Precondition: throws `ErrorType` with the streamed message when `cond` is false.

@@ -51,6 +51,24 @@ class DeviceBuffer {
   std::size_t bytes_ = 0;
 };
 
+/// Owning stream-ordered scratch allocation (cudaMallocAsync on construction, cudaFreeAsync on
+/// destruction, both on `stream`), for temporaries of one call.
+class StreamScratch {
+ public:
+  StreamScratch(std::size_t bytes, cudaStream_t stream);
+  ~StreamScratch();
+  StreamScratch(const StreamScratch&) = delete;
+  StreamScratch& operator=(const StreamScratch&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
 /// Rounds `bytes` up to a multiple of 128.
 constexpr std::size_t align128(std::size_t bytes) { return (bytes + 127) / 128 * 128; }
 
