@@ -70,6 +70,7 @@ struct DeviceVector {
   explicit DeviceVector(std::size_t n) { HTFR_CUDA_CHECK(cudaMalloc(&ptr, std::max<std::size_t>(n, 1) * sizeof(T))); }
   explicit DeviceVector(const std::vector<T>& v) : DeviceVector(v.size()) {
     HTFR_CUDA_CHECK(cudaMemcpy(ptr, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+    HTFR_CUDA_CHECK(cudaDeviceSynchronize());  // the pageable copy's DMA may still be in flight
   }
   ~DeviceVector() { cudaFree(ptr); }
   DeviceVector(const DeviceVector&) = delete;

@@ -33,6 +33,7 @@ for mode in "$@"; do
       # SANITIZERS picks the tools (default: memcheck racecheck).
       gpu_tests='Shapes/CudaParity.*:CudaDeterminism.*:CudaPool.*:CudaHalfPrecision.*:*/cuda'
       gpu_tests+=':FwhtCuda.*:SrhtCuda.*:CountSketchCuda.*:PcaCuda.*:ProjectionStackCuda.*:ProjectionAdjoint.*Gpu'
+      gpu_tests=${SANITIZE_FILTER:-$gpu_tests}
       for tool in ${SANITIZERS:-memcheck racecheck}; do
         filter=$gpu_tests
         [ "$tool" != memcheck ] && filter="$gpu_tests:-Learning/*"

@@ -16,6 +16,10 @@ Inputs (every key optional; anything missing is shown as "—"):
   --torch  {"impl": "torch", "device", "torch", "cuda", "date", "commit",
             "results": [{"op", "shape", "precision", "rows", "N", "D", "M", "K", "median_ms",
                          "min_ms", "p90_ms", "rows_per_s"} or {..., "error": "out of memory"}]}
+  --projection        bench_projection's JSON: {"device", "commit", "date", "cuda", "copy_gbps",
+                      "results": [{"op", "name", "dtype", "rows", "n", "median_ms", "bytes",
+                                   "gbps", "rows_per_s", "floor_ms"}, ...]}
+  --torch-projection  bench/torch_projection.py's JSON (FWHT medians on the same GPU)
 
 Usage:
   python3 bench/make_results.py --cpp htfr.json --torch torch.json [--out bench/RESULTS.md]
@@ -45,6 +49,8 @@ TRAIN_VS_TORCH_BAR = 10.0  # issue: train step >= 10x the PyTorch autograd step
 FORWARD_OVER_FLOOR_BAR = 1.3  # DESIGN §7: forward within 1.3x of its floor
 TRAIN_OVER_FORWARD_BAR = 3.0  # DESIGN §7: a training step within 3x of the forward
 TOPK_OVERLAP_BAR = 0.99  # DESIGN §7: top-K overlap of bf16/fp16 distances with fp32 >= 99 %
+FWHT_BAR_SIZE = "2^14"  # issue: FWHT at 2^14 >= 70 % of the copy bandwidth, fp32 and bf16
+FWHT_BAR = 0.70
 
 
 # ------------------------------------------------------------------------------------------------
@@ -521,6 +527,61 @@ def build(cpp, tor, cpp_path, torch_path):
     return "\n".join(out).rstrip() + "\n"
 
 
+def projection_section(proj, tproj, proj_path, tproj_path):
+    """Markdown for the projection benchmark: FWHT against copy bandwidth and the naive PyTorch
+    transform, then CountSketch, SRHT and the two stage stacks."""
+    results = [r for r in proj.get("results", []) if isinstance(r, dict)]
+    if not results:
+        return []
+    copy = num(proj.get("copy_gbps"))
+    torch = {(r.get("op"), r.get("name"), r.get("dtype")): r
+             for r in tproj.get("results", []) if isinstance(r, dict)}
+    out = ["## Projection stack", "",
+           f"Generated from `{f_text(proj_path)}` (htfr) and `{f_text(tproj_path)}` (PyTorch). "
+           f"Device {f_text(proj.get('device'))}, commit {f_text(proj.get('commit'))}, "
+           f"date {f_text(proj.get('date'))}, CUDA {f_text(proj.get('cuda'))}; PyTorch "
+           f"{f_text(tproj.get('torch'))} on {f_text(tproj.get('device'))}. Copy bandwidth "
+           f"measured in the same run: {f_fixed(copy, 0)} GB/s (bytes read + written). "
+           "GB/s counts each input byte read once and each output byte written once; the floor "
+           "is those bytes at the copy bandwidth.", ""]
+    out += ["### Fast Walsh–Hadamard transform", ""]
+    rows, verdicts = [], []
+    for r in results:
+        if r.get("op") != "fwht":
+            continue
+        gbps, t = num(r.get("gbps")), torch.get(("fwht", r.get("name"), r.get("dtype")))
+        frac = gbps / copy if gbps is not None and copy else None
+        rows.append([f_text(r.get("name")), f_text(r.get("dtype")), f_text(r.get("rows")),
+                     f_ms(num(r.get("median_ms"))), f_fixed(gbps, 0), f_pct(frac),
+                     f_ratio(time_over_floor(r)), f_ms(num(t.get("median_ms")) if t else None),
+                     f_ratio(speedup(r, t) if t else None)])
+        if r.get("name") == FWHT_BAR_SIZE and frac is not None:
+            verdicts.append(f"{r.get('dtype')} {f_pct(frac)} "
+                            f"({'met' if frac >= FWHT_BAR else 'not met'})")
+    out += md_table(["size", "dtype", "rows", "median ms", "GB/s", "of copy", "time/floor",
+                     "torch median ms", "speed-up vs torch"], rows)
+    out += ["", f"Bar: FWHT at {FWHT_BAR_SIZE} ≥ {FWHT_BAR:.0%} of the copy bandwidth — " +
+            ("; ".join(verdicts) if verdicts else DASH) + ".", ""]
+    out += ["### CountSketch, SRHT and the stage stacks", "",
+            "Stage 1: 98,560 raw → CountSketch 32,768 → SRHT 16,384 (bf16 out). Stage 2: 11,328 "
+            "raw ([1,024 embedding, 16 × 640 token embeddings, 64 metadata]) → CountSketch 8,192 "
+            "→ SRHT 4,096. Sparse CountSketch: 1,024 non-zeros per row over 2^20 features → "
+            "32,768.", ""]
+    rows = []
+    for r in results:
+        if r.get("op") == "fwht":
+            continue
+        gbps = num(r.get("gbps"))
+        rows.append([f_text(r.get("op")), f_text(r.get("name")), f_text(r.get("dtype")),
+                     f_text(r.get("rows")), f_ms(num(r.get("median_ms"))),
+                     f_rate(num(r.get("rows_per_s"))), f_fixed(gbps, 0),
+                     f_pct(gbps / copy if gbps is not None and copy else None),
+                     f_ratio(time_over_floor(r))])
+    out += md_table(["op", "shape", "out dtype", "rows", "median ms", "rows/s", "GB/s",
+                     "of copy", "time/floor"], rows)
+    return out + [""]
+
+
 def main(argv=None):
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description="Join htfr and PyTorch benchmark JSON into Markdown.")
@@ -528,6 +589,8 @@ def main(argv=None):
     ap.add_argument("--torch", help="PyTorch baseline JSON (bench/torch_baseline.py)")
     ap.add_argument("--out", default=str(here / "RESULTS.md"),
                     help="Markdown output path, '-' for stdout (default: bench/RESULTS.md)")
+    ap.add_argument("--projection", help="bench_projection JSON")
+    ap.add_argument("--torch-projection", help="bench/torch_projection.py JSON")
     ap.add_argument("--notes", help="Markdown file appended as the 'Notes' section (method, "
                                     "floors, caveats), kept beside the data it explains")
     args = ap.parse_args(argv)
@@ -537,6 +600,13 @@ def main(argv=None):
     tor = load_json(args.torch, "torch")
     text = build(cpp, tor, os.path.basename(args.cpp) if args.cpp else DASH,
                  os.path.basename(args.torch) if args.torch else DASH)
+    if args.projection:
+        proj = load_json(args.projection, "projection")
+        tproj = load_json(args.torch_projection, "torch projection") \
+            if args.torch_projection else {}
+        text += "\n" + "\n".join(projection_section(
+            proj, tproj, os.path.basename(args.projection),
+            os.path.basename(args.torch_projection) if args.torch_projection else DASH))
     if args.notes:
         text += "\n" + Path(args.notes).read_text(encoding="utf-8").rstrip() + "\n"
     if args.out == "-":

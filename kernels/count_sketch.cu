@@ -1,5 +1,8 @@
-// CountSketch kernels. The dense form gathers: each output sums its (few) input coordinates in
-// increasing order. The sparse form sorts each tile of a row's entries by bucket with a stable
+// CountSketch kernels. The dense form keeps a row's outputs in shared memory and streams the row
+// through in chunks, each chunk's inputs pre-sorted by bucket, so every global access is
+// coalesced; the first input of each bucket's run in a chunk adds the run's sum. Outputs too wide
+// for shared memory fall back to a gather: each output sums its inputs in increasing order.
+// Either way each output is summed in input order, exactly as the CPU reference does. The sparse form sorts each tile of a row's entries by bucket with a stable
 // block radix sort and lets the first entry of each run add the run's sum, so the order of
 // additions never depends on scheduling.
 #include <cub/block/block_radix_sort.cuh>
@@ -28,6 +31,55 @@ __global__ void __launch_bounds__(kThreads)
     }
     y[t] = acc;
   }
+}
+
+constexpr int kSmemThreads = 1024;
+constexpr int kChunkPerThread = static_cast<int>(kCountSketchChunk / kSmemThreads);
+
+// One block per row; shared memory holds the row's output_dim sums and one chunk of inputs.
+__global__ void __launch_bounds__(kSmemThreads)
+    dense_smem_kernel(CountSketchView cs, const float* x, float* y) {
+  extern __shared__ float smem[];
+  float* acc = smem;
+  float* chunk = smem + cs.output_dim;
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * cs.input_dim;
+  for (int64_t b = threadIdx.x; b < cs.output_dim; b += kSmemThreads) acc[b] = 0.0f;
+  const int64_t chunks = (cs.input_dim + kCountSketchChunk - 1) / kCountSketchChunk;
+  float next[kChunkPerThread];
+  const auto fetch = [&](int64_t c) {
+#pragma unroll
+    for (int k = 0; k < kChunkPerThread; ++k) {
+      const int64_t j = c * kCountSketchChunk + threadIdx.x + k * kSmemThreads;
+      next[k] = j < cs.input_dim ? xr[j] : 0.0f;
+    }
+  };
+  fetch(0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    __syncthreads();  // the previous chunk is consumed (and acc is zeroed)
+#pragma unroll
+    for (int k = 0; k < kChunkPerThread; ++k) chunk[threadIdx.x + k * kSmemThreads] = next[k];
+    __syncthreads();
+    if (c + 1 < chunks) fetch(c + 1);  // in flight while this chunk is summed
+    const int64_t begin = c * kCountSketchChunk;
+    const int64_t end = min(begin + kCountSketchChunk, cs.input_dim);
+#pragma unroll
+    for (int k = 0; k < kChunkPerThread; ++k) {
+      const int64_t e = begin + threadIdx.x * kChunkPerThread + k;
+      if (e >= end) break;
+      const int32_t b = cs.chunk_bucket[e];
+      if (e > begin && cs.chunk_bucket[e - 1] == b) continue;  // not the first of its run
+      float run = 0.0f;
+      for (int64_t q = e; q < end && cs.chunk_bucket[q] == b; ++q) {
+        const int32_t v = cs.chunk_entry[q];
+        run += v > 0 ? chunk[v - 1] : -chunk[-v - 1];
+      }
+      acc[b] += run;  // one writer per bucket per chunk; chunks are ordered by the barriers
+    }
+  }
+  __syncthreads();
+  for (int64_t b = threadIdx.x; b < cs.output_dim; b += kSmemThreads)
+    y[row * cs.output_dim + b] = acc[b];
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -101,7 +153,18 @@ void launch_count_sketch(const CountSketchView& cs, const float* x, float* y, in
                          cudaStream_t stream) {
   const int64_t n = rows * cs.output_dim;
   if (n == 0) return;
-  dense_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(cs, x, y, rows);
+  const std::size_t smem = (cs.output_dim + kCountSketchChunk) * sizeof(float);
+  int device = 0, optin = 0;
+  HTFR_CUDA_CHECK(cudaGetDevice(&device));
+  HTFR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (cs.chunk_bucket != nullptr && smem <= static_cast<std::size_t>(optin) && rows <= INT32_MAX) {
+    HTFR_CUDA_CHECK(cudaFuncSetAttribute(dense_smem_kernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
+    dense_smem_kernel<<<static_cast<unsigned>(rows), kSmemThreads, smem, stream>>>(cs, x, y);
+  } else {
+    dense_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(cs, x, y, rows);
+  }
   HTFR_LAUNCH_CHECK();
 }
 

@@ -8,9 +8,14 @@
 
 namespace htfr::detail {
 
+/// Inputs per chunk of the shared-memory dense kernel.
+inline constexpr int64_t kCountSketchChunk = 8192;
+
 /// Device parameters of a CountSketch from input_dim to output_dim: `bucket`/`sign` per input
-/// coordinate, and the inverse map as CSR: the inputs of output b are
-/// members[member_start[b] .. member_start[b+1]), in increasing order.
+/// coordinate; the inverse map as CSR (the inputs of output b are members[member_start[b] ..
+/// member_start[b+1]), in increasing order); and, per chunk of kCountSketchChunk inputs, the
+/// chunk's inputs sorted by (bucket, input): chunk_bucket[e] and chunk_entry[e] = sign * (1 +
+/// input index within the chunk).
 struct CountSketchView {
   int64_t input_dim = 0;
   int64_t output_dim = 0;
@@ -18,6 +23,8 @@ struct CountSketchView {
   const int8_t* sign = nullptr;
   const int64_t* member_start = nullptr;
   const int32_t* members = nullptr;
+  const int32_t* chunk_bucket = nullptr;
+  const int32_t* chunk_entry = nullptr;
 };
 
 /// y (rows x output_dim) = S x (rows x input_dim). Asynchronous on `stream`.

@@ -9,6 +9,7 @@
 // a strided pass over the remaining 4 or 5 bits.
 #include <cuda_bf16.h>
 
+#include <memory>
 #include <type_traits>
 
 #include "detail/check.hpp"
@@ -399,12 +400,11 @@ __global__ void __launch_bounds__(kEdgeThreads)
 }
 
 template <int kLogN, typename Load, typename Store>
-void launch_multipass(const Load& load, const Store& store, int64_t items, cudaStream_t stream) {
+void launch_multipass(const Load& load, const Store& store, int64_t items, float* work,
+                      cudaStream_t stream) {
   constexpr int kLogOuter = kLogN - kChunkLog;
   constexpr int64_t kN = int64_t{1} << kLogN;
   if (items == 0) return;
-  StreamScratch scratch(static_cast<std::size_t>(items) * kN * sizeof(float), stream);
-  float* work = scratch.as<float>();
   const int64_t chunks = int64_t{1} << kLogOuter;
   const StoreRows<float, true> to_work{work, int64_t{1} << kChunkLog};
   if constexpr (Load::kElementwise) {
@@ -430,7 +430,7 @@ void launch_multipass(const Load& load, const Store& store, int64_t items, cudaS
 
 // One switch from the runtime size to the instantiations.
 template <typename Load, typename Store>
-void dispatch(int log_n, const Load& load, const Store& store, int64_t items,
+void dispatch(int log_n, const Load& load, const Store& store, int64_t items, float* work,
               cudaStream_t stream) {
   switch (log_n) {
 #define HTFR_FWHT_CASE(L) \
@@ -442,9 +442,9 @@ void dispatch(int log_n, const Load& load, const Store& store, int64_t items,
     HTFR_FWHT_CASE(15)
 #undef HTFR_FWHT_CASE
     case 16:
-      return launch_multipass<16>(load, store, items, stream);
+      return launch_multipass<16>(load, store, items, work, stream);
     case 17:
-      return launch_multipass<17>(load, store, items, stream);
+      return launch_multipass<17>(load, store, items, work, stream);
     default:
       throw InvalidArgument("Hadamard size 2^" + std::to_string(log_n) +
                             " is outside the supported 2^1 .. 2^" + std::to_string(kFwhtMaxLog));
@@ -452,26 +452,30 @@ void dispatch(int log_n, const Load& load, const Store& store, int64_t items,
 }
 
 template <bool kVector, typename In>
-void fwht_from(const In* x, void* y, DType y_type, int64_t rows, int log_n, cudaStream_t stream) {
+void fwht_from(const In* x, void* y, DType y_type, int64_t rows, int log_n, float* work,
+               cudaStream_t stream) {
   const int64_t n = int64_t{1} << log_n;
   const LoadRows<In, kVector> load{x, n};
   if (y_type == DType::f32) {
-    dispatch(log_n, load, StoreRows<float, kVector>{static_cast<float*>(y), n}, rows, stream);
+    dispatch(log_n, load, StoreRows<float, kVector>{static_cast<float*>(y), n}, rows, work,
+             stream);
   } else {
     dispatch(log_n, load,
-             StoreRows<__nv_bfloat16, kVector>{static_cast<__nv_bfloat16*>(y), n}, rows, stream);
+             StoreRows<__nv_bfloat16, kVector>{static_cast<__nv_bfloat16*>(y), n}, rows, work,
+             stream);
   }
 }
 
 // 8-byte vector accesses need 8-byte aligned rows: both pointers aligned and rows of >= 4 values.
 template <typename In>
-void fwht_from(const In* x, void* y, DType y_type, int64_t rows, int log_n, cudaStream_t stream) {
+void fwht_from(const In* x, void* y, DType y_type, int64_t rows, int log_n, float* work,
+               cudaStream_t stream) {
   const bool aligned = log_n >= 2 && reinterpret_cast<uintptr_t>(x) % 8 == 0 &&
                        reinterpret_cast<uintptr_t>(y) % 8 == 0;
   if (aligned) {
-    fwht_from<true>(x, y, y_type, rows, log_n, stream);
+    fwht_from<true>(x, y, y_type, rows, log_n, work, stream);
   } else {
-    fwht_from<false>(x, y, y_type, rows, log_n, stream);
+    fwht_from<false>(x, y, y_type, rows, log_n, work, stream);
   }
 }
 
@@ -483,38 +487,52 @@ void require_f32_or_bf16(DType t, const char* what) {
 }  // namespace
 
 void launch_fwht(const void* x, DType x_type, void* y, DType y_type, int64_t rows, int log_n,
-                 cudaStream_t stream) {
+                 float* work, cudaStream_t stream) {
   require_f32_or_bf16(x_type, "the FWHT input type");
   require_f32_or_bf16(y_type, "the FWHT output type");
+  // Above one block's size, an fp32 output holds the intermediate result itself.
+  std::unique_ptr<StreamScratch> scratch;
+  if (log_n > kFwhtMaxFusedLog && work == nullptr) {
+    if (y_type == DType::f32) {
+      work = static_cast<float*>(y);
+    } else {
+      scratch = std::make_unique<StreamScratch>(fwht_workspace_bytes(rows, log_n), stream);
+      work = scratch->as<float>();
+    }
+  }
   if (x_type == DType::f32) {
-    fwht_from(static_cast<const float*>(x), y, y_type, rows, log_n, stream);
+    fwht_from(static_cast<const float*>(x), y, y_type, rows, log_n, work, stream);
   } else {
-    fwht_from(static_cast<const __nv_bfloat16*>(x), y, y_type, rows, log_n, stream);
+    fwht_from(static_cast<const __nv_bfloat16*>(x), y, y_type, rows, log_n, work, stream);
   }
 }
 
+std::size_t fwht_workspace_bytes(int64_t items, int log_n) {
+  return log_n > kFwhtMaxFusedLog ? static_cast<std::size_t>(items << log_n) * sizeof(float) : 0;
+}
+
 void launch_srht(const SrhtView& s, const float* x, void* y, DType y_type, int64_t rows,
-                 cudaStream_t stream) {
+                 float* work, cudaStream_t stream) {
   require_f32_or_bf16(y_type, "the SRHT output type");
   const LoadSigned load{x, s.signs, s.input_dim, s.num_blocks, s.log_block};
   const int64_t items = rows * s.num_blocks;
   if (y_type == DType::f32) {
     dispatch(s.log_block, load,
              GatherSampled<float>{static_cast<float*>(y), s.sample, s.output_dim, s.num_blocks},
-             items, stream);
+             items, work, stream);
   } else {
     dispatch(s.log_block, load,
              GatherSampled<__nv_bfloat16>{static_cast<__nv_bfloat16*>(y), s.sample, s.output_dim,
                                           s.num_blocks},
-             items, stream);
+             items, work, stream);
   }
 }
 
 void launch_srht_adjoint(const SrhtView& s, const float* y, float* x, int64_t rows,
-                         cudaStream_t stream) {
+                         float* work, cudaStream_t stream) {
   const ScatterSampled load{y, s.sample, s.output_dim, s.num_blocks};
   const StoreSigned store{x, s.signs, s.input_dim, s.num_blocks, s.log_block};
-  dispatch(s.log_block, load, store, rows * s.num_blocks, stream);
+  dispatch(s.log_block, load, store, rows * s.num_blocks, work, stream);
 }
 
 }  // namespace htfr::detail

@@ -29,18 +29,25 @@ struct SrhtView {
   const int32_t* sample = nullptr;
 };
 
+/// Device scratch (bytes) a transform of `items` rows of 2^log_n values needs: an fp32 copy of the
+/// rows above 2^15, nothing otherwise.
+std::size_t fwht_workspace_bytes(int64_t items, int log_n);
+
 /// y = H_n x for `rows` rows of n = 2^log_n values (unnormalised, entries +-1); x and y may be the
-/// same array when their types agree. x_type / y_type: f32 or bf16; arithmetic in fp32.
-/// Asynchronous on `stream` (sizes above 2^15 take stream-ordered scratch memory).
+/// same array when their types agree. x_type / y_type: f32 or bf16; arithmetic in fp32. `work`
+/// (fwht_workspace_bytes, may be null): above 2^15 an fp32 y serves as scratch and a bf16 y takes
+/// stream-ordered scratch memory. Asynchronous on `stream`.
 void launch_fwht(const void* x, DType x_type, void* y, DType y_type, int64_t rows, int log_n,
-                 cudaStream_t stream);
+                 float* work, cudaStream_t stream);
 
-/// y (rows x output_dim, y_type f32 or bf16) = SRHT x (rows x input_dim, fp32). Asynchronous.
+/// y (rows x output_dim, y_type f32 or bf16) = SRHT x (rows x input_dim, fp32). `work` holds
+/// fwht_workspace_bytes(rows * num_blocks, log_block) (unused up to 2^15). Asynchronous.
 void launch_srht(const SrhtView& srht, const float* x, void* y, DType y_type, int64_t rows,
-                 cudaStream_t stream);
+                 float* work, cudaStream_t stream);
 
-/// x (rows x input_dim, fp32) = SRHT^T y (rows x output_dim, fp32). Asynchronous.
+/// x (rows x input_dim, fp32) = SRHT^T y (rows x output_dim, fp32); `work` as for launch_srht.
+/// Asynchronous.
 void launch_srht_adjoint(const SrhtView& srht, const float* y, float* x, int64_t rows,
-                         cudaStream_t stream);
+                         float* work, cudaStream_t stream);
 
 }  // namespace htfr::detail

@@ -56,7 +56,7 @@ void require_pointer(const void* p, int64_t rows, const char* name) {
   HTFR_REQUIRE(p != nullptr || rows == 0, InvalidArgument, name << " is null");
 }
 
-// Copies host vectors into one device allocation; returns the device pointers in order.
+// Copies host vectors into one device allocation and sets the device pointers; synchronous.
 class DeviceUpload {
  public:
   explicit DeviceUpload(detail::DeviceBuffer& buffer) : buffer_(buffer) {}
@@ -75,6 +75,9 @@ class DeviceUpload {
       *it.out = base + offset;
       offset += detail::align128(it.bytes);
     }
+    // A pageable upload may return before its DMA lands; kernels on other streams must not race
+    // it.
+    HTFR_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
  private:
@@ -127,7 +130,7 @@ void fwht(Backend backend, const void* x, DType x_type, void* y, DType y_type, i
   if (rows == 0) return;
   if (backend == Backend::cuda) {
     detail::DeviceGuard guard(device);
-    detail::launch_fwht(x, x_type, y, y_type, rows, log2_exact(n), stream);
+    detail::launch_fwht(x, x_type, y, y_type, rows, log2_exact(n), nullptr, stream);
     return;
   }
   std::vector<float> v(static_cast<std::size_t>(rows * n));
@@ -152,6 +155,7 @@ struct CountSketch::Impl {
   std::vector<int8_t> sign;
   std::vector<int64_t> member_start;  // inverse map, used by the device kernels
   std::vector<int32_t> members;
+  std::vector<int32_t> chunk_bucket, chunk_entry;  // per chunk, sorted by (bucket, input)
   detail::DeviceBuffer storage;
   detail::CountSketchView view;
 };
@@ -211,6 +215,21 @@ CountSketch CountSketch::from_parameters(Backend backend, int64_t output_dim,
     std::vector<int64_t> next(impl->member_start.begin(), impl->member_start.end() - 1);
     for (int64_t j = 0; j < impl->input_dim; ++j)
       impl->members[next[impl->bucket[j]]++] = static_cast<int32_t>(j);
+    impl->chunk_bucket.resize(impl->bucket.size());
+    impl->chunk_entry.resize(impl->bucket.size());
+    std::vector<int32_t> order;
+    for (int64_t begin = 0; begin < impl->input_dim; begin += detail::kCountSketchChunk) {
+      const int64_t end = std::min(begin + detail::kCountSketchChunk, impl->input_dim);
+      order.resize(static_cast<std::size_t>(end - begin));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+        return impl->bucket[begin + a] < impl->bucket[begin + b];
+      });
+      for (std::size_t k = 0; k < order.size(); ++k) {
+        impl->chunk_bucket[begin + k] = impl->bucket[begin + order[k]];
+        impl->chunk_entry[begin + k] = impl->sign[begin + order[k]] * (order[k] + 1);
+      }
+    }
     detail::DeviceGuard guard(device);
     auto& v = impl->view;
     v.input_dim = impl->input_dim;
@@ -220,6 +239,8 @@ CountSketch CountSketch::from_parameters(Backend backend, int64_t output_dim,
     up.add(impl->sign, &v.sign);
     up.add(impl->member_start, &v.member_start);
     up.add(impl->members, &v.members);
+    up.add(impl->chunk_bucket, &v.chunk_bucket);
+    up.add(impl->chunk_entry, &v.chunk_entry);
     up.run();
   }
   return CountSketch(std::move(impl));
@@ -323,6 +344,14 @@ struct BlockSrht::Impl {
   std::vector<int32_t> sample;
   detail::DeviceBuffer storage;
   detail::SrhtView view;
+  mutable detail::DeviceBuffer work;  // fp32 scratch of the two-pass transform (blocks > 2^15)
+
+  float* workspace(int64_t rows) const {
+    const std::size_t bytes = detail::fwht_workspace_bytes(rows * num_blocks, view.log_block);
+    if (bytes == 0) return nullptr;
+    work.reserve(bytes);
+    return static_cast<float*>(work.data());
+  }
 };
 
 BlockSrht::BlockSrht(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -436,7 +465,7 @@ void BlockSrht::apply(const float* x, void* y, DType y_type, int64_t rows,
   if (rows == 0) return;
   if (m.backend == Backend::cuda) {
     detail::DeviceGuard guard(m.device);
-    detail::launch_srht(m.view, x, y, y_type, rows, stream);
+    detail::launch_srht(m.view, x, y, y_type, rows, m.workspace(rows), stream);
     return;
   }
   if (y_type == DType::f32) {
@@ -461,7 +490,7 @@ void BlockSrht::apply_adjoint(const float* y, float* x, int64_t rows, cudaStream
   if (rows == 0) return;
   if (m.backend == Backend::cuda) {
     detail::DeviceGuard guard(m.device);
-    detail::launch_srht_adjoint(m.view, y, x, rows, stream);
+    detail::launch_srht_adjoint(m.view, y, x, rows, m.workspace(rows), stream);
   } else {
     detail::srht_adjoint_cpu(m.signs.data(), m.sample.data(), m.input_dim, m.output_dim,
                              m.block_size, y, x, rows);
@@ -700,9 +729,31 @@ constexpr const char* kStackFormat = "htfr-projection-stack";
 
 }  // namespace
 
-ProjectionStack::ProjectionStack(Backend backend, int device) : backend_(backend), device_(device) {
+// Intermediate results of a stack: two ping-pong buffers of the widest stage, reused across calls.
+struct ProjectionStack::Workspace {
+  std::vector<float> host;
+  detail::DeviceBuffer device;
+
+  // Two buffers of `floats` each on `backend`.
+  std::pair<float*, float*> get(Backend backend, std::size_t floats) {
+    if (backend == Backend::cpu) {
+      if (host.size() < 2 * floats) host.resize(2 * floats);
+      return {host.data(), host.data() + floats};
+    }
+    const std::size_t half = detail::align128(floats * sizeof(float));
+    device.reserve(std::max<std::size_t>(2 * half, 128));
+    char* base = static_cast<char*>(device.data());
+    return {reinterpret_cast<float*>(base), reinterpret_cast<float*>(base + half)};
+  }
+};
+
+ProjectionStack::ProjectionStack(Backend backend, int device)
+    : backend_(backend), device_(device), workspace_(std::make_unique<Workspace>()) {
   require_backend(backend, device);
 }
+ProjectionStack::ProjectionStack(ProjectionStack&&) noexcept = default;
+ProjectionStack& ProjectionStack::operator=(ProjectionStack&&) noexcept = default;
+ProjectionStack::~ProjectionStack() = default;
 
 void ProjectionStack::add(Stage stage) {
   const auto [in, b, dev] = visit_stage(stage, [](const auto& s) {
@@ -741,25 +792,10 @@ void ProjectionStack::apply(const float* x, void* y, DType y_type, int64_t rows,
   int64_t widest = 0;
   for (const auto& s : stages_)
     widest = std::max(widest, visit_stage(s, [](const auto& v) { return v.output_dim(); }));
-  const std::size_t buffer_bytes = static_cast<std::size_t>(rows * widest) * sizeof(float);
   const bool cuda = backend_ == Backend::cuda;
   std::unique_ptr<detail::DeviceGuard> guard;
   if (cuda) guard = std::make_unique<detail::DeviceGuard>(device_);
-  // Two ping-pong buffers of the widest stage output.
-  std::vector<float> host_a, host_b;
-  std::unique_ptr<detail::StreamScratch> dev_a, dev_b;
-  float *a, *b;
-  if (cuda) {
-    dev_a = std::make_unique<detail::StreamScratch>(buffer_bytes, stream);
-    dev_b = std::make_unique<detail::StreamScratch>(buffer_bytes, stream);
-    a = dev_a->as<float>();
-    b = dev_b->as<float>();
-  } else {
-    host_a.resize(buffer_bytes / sizeof(float));
-    host_b.resize(buffer_bytes / sizeof(float));
-    a = host_a.data();
-    b = host_b.data();
-  }
+  const auto [a, b] = workspace_->get(backend_, static_cast<std::size_t>(rows * widest));
   const float* in = x;
   for (std::size_t i = 0; i < stages_.size(); ++i) {
     const bool last = i + 1 == stages_.size();
@@ -803,24 +839,9 @@ void ProjectionStack::apply_adjoint(const float* y, float* x, int64_t rows,
   int64_t widest = 0;
   for (const auto& s : stages_)
     widest = std::max(widest, visit_stage(s, [](const auto& v) { return v.input_dim(); }));
-  const std::size_t buffer_bytes = static_cast<std::size_t>(rows * widest) * sizeof(float);
-  const bool cuda = backend_ == Backend::cuda;
   std::unique_ptr<detail::DeviceGuard> guard;
-  if (cuda) guard = std::make_unique<detail::DeviceGuard>(device_);
-  std::vector<float> host_a, host_b;
-  std::unique_ptr<detail::StreamScratch> dev_a, dev_b;
-  float *a, *b;
-  if (cuda) {
-    dev_a = std::make_unique<detail::StreamScratch>(buffer_bytes, stream);
-    dev_b = std::make_unique<detail::StreamScratch>(buffer_bytes, stream);
-    a = dev_a->as<float>();
-    b = dev_b->as<float>();
-  } else {
-    host_a.resize(buffer_bytes / sizeof(float));
-    host_b.resize(buffer_bytes / sizeof(float));
-    a = host_a.data();
-    b = host_b.data();
-  }
+  if (backend_ == Backend::cuda) guard = std::make_unique<detail::DeviceGuard>(device_);
+  const auto [a, b] = workspace_->get(backend_, static_cast<std::size_t>(rows * widest));
   const float* in = y;
   for (std::size_t i = stages_.size(); i-- > 0;) {
     float* out = i == 0 ? x : (in == a ? b : a);

@@ -88,7 +88,9 @@ struct Stream {
 };
 
 /// Owning device array for tests; poisoned with NaN (0xFF bytes) on creation so an element the
-/// code under test does not write is caught.
+/// code under test does not write is caught. Every transfer waits for the device, so work on
+/// non-blocking streams never races the legacy stream's poisoning or a pageable upload whose DMA
+/// is still in flight when cudaMemcpy returns.
 template <typename T>
 class DeviceArray {
  public:
@@ -102,10 +104,12 @@ class DeviceArray {
   DeviceArray& operator=(const DeviceArray&) = delete;
 
   void poison() {
-    if (cudaMemset(ptr_, 0xFF, bytes()) != cudaSuccess) throw std::runtime_error("memset");
+    if (cudaMemset(ptr_, 0xFF, bytes()) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess)
+      throw std::runtime_error("memset");
   }
   void upload(const std::vector<T>& host) {
-    if (cudaMemcpy(ptr_, host.data(), bytes(), cudaMemcpyHostToDevice) != cudaSuccess)
+    if (cudaMemcpy(ptr_, host.data(), bytes(), cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaDeviceSynchronize() != cudaSuccess)
       throw std::runtime_error("upload failed");
   }
   std::vector<T> download() const {

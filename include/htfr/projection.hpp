@@ -4,7 +4,9 @@
 //
 // Every map runs on the CPU (host arrays) or on one GPU (device arrays); calls take a stream and
 // are asynchronous on it unless their comment says otherwise. Inputs and outputs are row-major
-// batches of `rows` rows.
+// batches of `rows` rows. Creating a CUDA map uploads its parameters and synchronises the device.
+// A map or stack reuses its own scratch memory, so one object's calls must not overlap on
+// different streams.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -26,7 +28,8 @@ inline constexpr int64_t kMaxHadamardSize = int64_t{1} << 17;
 /// y = H_n x for `rows` rows of n values, H_n the unnormalised Walsh–Hadamard matrix (entries
 /// +-1, so applying it twice gives n x). n is a power of two in [2, 2^17]; x and y may be the same
 /// array when x_type == y_type. Types: f32 or bf16; the arithmetic is fp32. Asynchronous on
-/// `stream` for Backend::cuda (device memory of `device`). Throws InvalidArgument, WrongDevice,
+/// `stream` for Backend::cuda (device memory of `device`); above 2^15 a bf16 y needs an fp32
+/// scratch copy, taken from the stream-ordered allocator. Throws InvalidArgument, WrongDevice,
 /// NoDevice.
 void fwht(Backend backend, const void* x, DType x_type, void* y, DType y_type, int64_t rows,
           int64_t n, cudaStream_t stream, int device = 0);
@@ -94,7 +97,8 @@ class BlockSrht {
   BlockSrht& operator=(BlockSrht&&) noexcept;
   ~BlockSrht();
 
-  /// y (rows x output_dim, y_type f32 or bf16) = P x (rows x input_dim, fp32).
+  /// y (rows x output_dim, y_type f32 or bf16) = P x (rows x input_dim, fp32). Blocks above 2^15
+  /// use a scratch buffer of the object that grows on demand (growing reallocates synchronously).
   void apply(const float* x, void* y, DType y_type, int64_t rows, cudaStream_t stream) const;
   /// x (rows x input_dim) = P^T y (rows x output_dim), fp32.
   void apply_adjoint(const float* y, float* x, int64_t rows, cudaStream_t stream) const;
@@ -158,6 +162,9 @@ class ProjectionStack {
   using Stage = std::variant<CountSketch, BlockSrht, Pca>;
 
   explicit ProjectionStack(Backend backend = Backend::cpu, int device = 0);
+  ProjectionStack(ProjectionStack&&) noexcept;
+  ProjectionStack& operator=(ProjectionStack&&) noexcept;
+  ~ProjectionStack();
 
   /// Appends a stage. Throws InvalidArgument when its input_dim differs from the stack's current
   /// output_dim, or WrongDevice when it lives on another backend or device.
@@ -171,8 +178,8 @@ class ProjectionStack {
   int device() const { return device_; }
 
   /// y (rows x output_dim, y_type f32 or bf16) = the chain applied to x (rows x input_dim,
-  /// fp32). Intermediate results use stream-ordered scratch memory. Throws InvalidArgument for an
-  /// empty stack.
+  /// fp32). Intermediate results live in the stack's workspace, which grows on demand (growing
+  /// reallocates synchronously). Throws InvalidArgument for an empty stack.
   void apply(const float* x, void* y, DType y_type, int64_t rows, cudaStream_t stream) const;
   /// x (rows x input_dim) = the adjoints applied in reverse order to y (rows x output_dim), fp32.
   void apply_adjoint(const float* y, float* x, int64_t rows, cudaStream_t stream) const;
@@ -184,9 +191,11 @@ class ProjectionStack {
   static ProjectionStack load(const std::string& path, Backend backend, int device = 0);
 
  private:
+  struct Workspace;
   Backend backend_;
   int device_;
   std::vector<Stage> stages_;
+  std::unique_ptr<Workspace> workspace_;
 };
 
 }  // namespace htfr
