@@ -36,45 +36,58 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kSmemThreads = 1024;
 constexpr int kChunkPerThread = static_cast<int>(kCountSketchChunk / kSmemThreads);
 
-// One block per row; shared memory holds the row's output_dim sums and one chunk of inputs.
+// One block per row. Shared memory holds the row's output_dim sums and one chunk: its inputs and
+// its (bucket, entry) list sorted by bucket. The next chunk is fetched into registers while the
+// current one is summed. The first entry of each bucket's run adds the run to the bucket's sum one
+// value at a time, in input order.
 __global__ void __launch_bounds__(kSmemThreads)
     dense_smem_kernel(CountSketchView cs, const float* x, float* y) {
   extern __shared__ float smem[];
   float* acc = smem;
-  float* chunk = smem + cs.output_dim;
+  float* xs = acc + cs.output_dim;
+  int32_t* keys = reinterpret_cast<int32_t*>(xs + kCountSketchChunk);
+  int32_t* entries = keys + kCountSketchChunk;
   const int64_t row = blockIdx.x;
   const float* xr = x + row * cs.input_dim;
   for (int64_t b = threadIdx.x; b < cs.output_dim; b += kSmemThreads) acc[b] = 0.0f;
   const int64_t chunks = (cs.input_dim + kCountSketchChunk - 1) / kCountSketchChunk;
-  float next[kChunkPerThread];
+  float next_x[kChunkPerThread];
+  int32_t next_key[kChunkPerThread], next_entry[kChunkPerThread];
   const auto fetch = [&](int64_t c) {
 #pragma unroll
     for (int k = 0; k < kChunkPerThread; ++k) {
       const int64_t j = c * kCountSketchChunk + threadIdx.x + k * kSmemThreads;
-      next[k] = j < cs.input_dim ? xr[j] : 0.0f;
+      const bool in = j < cs.input_dim;
+      next_x[k] = in ? xr[j] : 0.0f;
+      next_key[k] = in ? cs.chunk_bucket[j] : -1;
+      next_entry[k] = in ? cs.chunk_entry[j] : 0;
     }
   };
   fetch(0);
   for (int64_t c = 0; c < chunks; ++c) {
     __syncthreads();  // the previous chunk is consumed (and acc is zeroed)
 #pragma unroll
-    for (int k = 0; k < kChunkPerThread; ++k) chunk[threadIdx.x + k * kSmemThreads] = next[k];
+    for (int k = 0; k < kChunkPerThread; ++k) {
+      const int p = threadIdx.x + k * kSmemThreads;
+      xs[p] = next_x[k];
+      keys[p] = next_key[k];
+      entries[p] = next_entry[k];
+    }
     __syncthreads();
     if (c + 1 < chunks) fetch(c + 1);  // in flight while this chunk is summed
-    const int64_t begin = c * kCountSketchChunk;
-    const int64_t end = min(begin + kCountSketchChunk, cs.input_dim);
+    const int count = static_cast<int>(min(kCountSketchChunk, cs.input_dim - c * kCountSketchChunk));
 #pragma unroll
     for (int k = 0; k < kChunkPerThread; ++k) {
-      const int64_t e = begin + threadIdx.x * kChunkPerThread + k;
-      if (e >= end) break;
-      const int32_t b = cs.chunk_bucket[e];
-      if (e > begin && cs.chunk_bucket[e - 1] == b) continue;  // not the first of its run
-      float run = 0.0f;
-      for (int64_t q = e; q < end && cs.chunk_bucket[q] == b; ++q) {
-        const int32_t v = cs.chunk_entry[q];
-        run += v > 0 ? chunk[v - 1] : -chunk[-v - 1];
+      const int p = threadIdx.x + k * kSmemThreads;
+      if (p >= count) continue;
+      const int32_t b = keys[p];
+      if (p > 0 && keys[p - 1] == b) continue;  // not the first entry of its run
+      float sum = acc[b];
+      for (int q = p; q < count && keys[q] == b; ++q) {
+        const int32_t e = entries[q];
+        sum += e > 0 ? xs[e - 1] : -xs[-e - 1];
       }
-      acc[b] += run;  // one writer per bucket per chunk; chunks are ordered by the barriers
+      acc[b] = sum;  // one writer per bucket per chunk; chunks are ordered by the barriers
     }
   }
   __syncthreads();
@@ -153,7 +166,7 @@ void launch_count_sketch(const CountSketchView& cs, const float* x, float* y, in
                          cudaStream_t stream) {
   const int64_t n = rows * cs.output_dim;
   if (n == 0) return;
-  const std::size_t smem = (cs.output_dim + kCountSketchChunk) * sizeof(float);
+  const std::size_t smem = (cs.output_dim + 3 * kCountSketchChunk) * sizeof(float);
   int device = 0, optin = 0;
   HTFR_CUDA_CHECK(cudaGetDevice(&device));
   HTFR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));

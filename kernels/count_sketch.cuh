@@ -9,7 +9,7 @@
 namespace htfr::detail {
 
 /// Inputs per chunk of the shared-memory dense kernel.
-inline constexpr int64_t kCountSketchChunk = 8192;
+inline constexpr int64_t kCountSketchChunk = 4096;
 
 /// Device parameters of a CountSketch from input_dim to output_dim: `bucket`/`sign` per input
 /// coordinate; the inverse map as CSR (the inputs of output b are members[member_start[b] ..
