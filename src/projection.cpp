@@ -100,6 +100,17 @@ void store_host(const float* src, void* dst, DType type, int64_t count) {
   }
 }
 
+// A map's call: rows >= 0, and both arrays non-null (unless rows = 0) and in the memory the
+// backend reads.
+void check_io(int64_t rows, const void* in, const char* in_name, const void* out,
+              const char* out_name, Backend backend, int device) {
+  require_rows(rows);
+  require_pointer(in, rows, in_name);
+  require_pointer(out, rows, out_name);
+  detail::require_memory(in, backend, device, in_name);
+  detail::require_memory(out, backend, device, out_name);
+}
+
 void require_output_type(DType t) {
   HTFR_REQUIRE(t == DType::f32 || t == DType::bf16, InvalidArgument,
                "projection outputs are f32 or bf16");
@@ -113,20 +124,16 @@ void require_output_type(DType t) {
 void fwht(Backend backend, const void* x, DType x_type, void* y, DType y_type, int64_t rows,
           int64_t n, cudaStream_t stream, int device) {
   HTFR_NVTX_RANGE("htfr::fwht");
-  require_rows(rows);
   HTFR_REQUIRE(is_power_of_two(n) && n <= kMaxHadamardSize, InvalidArgument,
                "the Hadamard size must be a power of two in [2, " << kMaxHadamardSize
                                                                  << "], got " << n);
   HTFR_REQUIRE((x_type == DType::f32 || x_type == DType::bf16) &&
                    (y_type == DType::f32 || y_type == DType::bf16),
                InvalidArgument, "the FWHT reads and writes f32 or bf16");
-  require_pointer(x, rows, "x");
-  require_pointer(y, rows, "y");
   HTFR_REQUIRE(x != y || x_type == y_type || rows == 0, InvalidArgument,
                "an in-place FWHT needs the same input and output type");
   require_backend(backend, device);
-  detail::require_memory(x, backend, device, "x");
-  detail::require_memory(y, backend, device, "y");
+  check_io(rows, x, "x", y, "y", backend, device);
   if (rows == 0) return;
   if (backend == Backend::cuda) {
     detail::DeviceGuard guard(device);
@@ -249,11 +256,7 @@ CountSketch CountSketch::from_parameters(Backend backend, int64_t output_dim,
 void CountSketch::apply(const float* x, float* y, int64_t rows, cudaStream_t stream) const {
   HTFR_NVTX_RANGE("htfr::CountSketch::apply");
   const Impl& m = *impl_;
-  require_rows(rows);
-  require_pointer(x, rows, "x");
-  require_pointer(y, rows, "y");
-  detail::require_memory(x, m.backend, m.device, "x");
-  detail::require_memory(y, m.backend, m.device, "y");
+  check_io(rows, x, "x", y, "y", m.backend, m.device);
   if (m.backend == Backend::cuda) {
     detail::DeviceGuard guard(m.device);
     detail::launch_count_sketch(m.view, x, y, rows, stream);
@@ -312,11 +315,7 @@ void CountSketch::apply_adjoint(const float* y, float* x, int64_t rows,
                                 cudaStream_t stream) const {
   HTFR_NVTX_RANGE("htfr::CountSketch::apply_adjoint");
   const Impl& m = *impl_;
-  require_rows(rows);
-  require_pointer(y, rows, "y");
-  require_pointer(x, rows, "x");
-  detail::require_memory(y, m.backend, m.device, "y");
-  detail::require_memory(x, m.backend, m.device, "x");
+  check_io(rows, y, "y", x, "x", m.backend, m.device);
   if (m.backend == Backend::cuda) {
     detail::DeviceGuard guard(m.device);
     detail::launch_count_sketch_adjoint(m.view, y, x, rows, stream);
@@ -456,12 +455,8 @@ void BlockSrht::apply(const float* x, void* y, DType y_type, int64_t rows,
                       cudaStream_t stream) const {
   HTFR_NVTX_RANGE("htfr::BlockSrht::apply");
   const Impl& m = *impl_;
-  require_rows(rows);
   require_output_type(y_type);
-  require_pointer(x, rows, "x");
-  require_pointer(y, rows, "y");
-  detail::require_memory(x, m.backend, m.device, "x");
-  detail::require_memory(y, m.backend, m.device, "y");
+  check_io(rows, x, "x", y, "y", m.backend, m.device);
   if (rows == 0) return;
   if (m.backend == Backend::cuda) {
     detail::DeviceGuard guard(m.device);
@@ -482,11 +477,7 @@ void BlockSrht::apply(const float* x, void* y, DType y_type, int64_t rows,
 void BlockSrht::apply_adjoint(const float* y, float* x, int64_t rows, cudaStream_t stream) const {
   HTFR_NVTX_RANGE("htfr::BlockSrht::apply_adjoint");
   const Impl& m = *impl_;
-  require_rows(rows);
-  require_pointer(y, rows, "y");
-  require_pointer(x, rows, "x");
-  detail::require_memory(y, m.backend, m.device, "y");
-  detail::require_memory(x, m.backend, m.device, "x");
+  check_io(rows, y, "y", x, "x", m.backend, m.device);
   if (rows == 0) return;
   if (m.backend == Backend::cuda) {
     detail::DeviceGuard guard(m.device);
@@ -660,11 +651,7 @@ Pca Pca::from_parameters(Backend backend, int64_t dim, std::vector<float> matrix
 void Pca::apply(const float* x, float* y, int64_t rows, cudaStream_t stream) const {
   HTFR_NVTX_RANGE("htfr::Pca::apply");
   const Impl& m = *impl_;
-  require_rows(rows);
-  require_pointer(x, rows, "x");
-  require_pointer(y, rows, "y");
-  detail::require_memory(x, m.backend, m.device, "x");
-  detail::require_memory(y, m.backend, m.device, "y");
+  check_io(rows, x, "x", y, "y", m.backend, m.device);
   HTFR_REQUIRE(rows <= INT32_MAX, InvalidArgument, "PCA takes at most 2^31-1 rows per call");
   if (rows == 0) return;
   if (m.backend == Backend::cpu) {
@@ -686,11 +673,7 @@ void Pca::apply(const float* x, float* y, int64_t rows, cudaStream_t stream) con
 void Pca::apply_adjoint(const float* y, float* x, int64_t rows, cudaStream_t stream) const {
   HTFR_NVTX_RANGE("htfr::Pca::apply_adjoint");
   const Impl& m = *impl_;
-  require_rows(rows);
-  require_pointer(y, rows, "y");
-  require_pointer(x, rows, "x");
-  detail::require_memory(y, m.backend, m.device, "y");
-  detail::require_memory(x, m.backend, m.device, "x");
+  check_io(rows, y, "y", x, "x", m.backend, m.device);
   HTFR_REQUIRE(rows <= INT32_MAX, InvalidArgument, "PCA takes at most 2^31-1 rows per call");
   if (rows == 0) return;
   if (m.backend == Backend::cpu) {
@@ -782,12 +765,8 @@ void ProjectionStack::apply(const float* x, void* y, DType y_type, int64_t rows,
                             cudaStream_t stream) const {
   HTFR_NVTX_RANGE("htfr::ProjectionStack::apply");
   HTFR_REQUIRE(!stages_.empty(), InvalidArgument, "the projection stack is empty");
-  require_rows(rows);
   require_output_type(y_type);
-  require_pointer(x, rows, "x");
-  require_pointer(y, rows, "y");
-  detail::require_memory(x, backend_, device_, "x");
-  detail::require_memory(y, backend_, device_, "y");
+  check_io(rows, x, "x", y, "y", backend_, device_);
   if (rows == 0) return;
   int64_t widest = 0;
   for (const auto& s : stages_)
@@ -830,11 +809,7 @@ void ProjectionStack::apply_adjoint(const float* y, float* x, int64_t rows,
                                     cudaStream_t stream) const {
   HTFR_NVTX_RANGE("htfr::ProjectionStack::apply_adjoint");
   HTFR_REQUIRE(!stages_.empty(), InvalidArgument, "the projection stack is empty");
-  require_rows(rows);
-  require_pointer(y, rows, "y");
-  require_pointer(x, rows, "x");
-  detail::require_memory(y, backend_, device_, "y");
-  detail::require_memory(x, backend_, device_, "x");
+  check_io(rows, y, "y", x, "x", backend_, device_);
   if (rows == 0) return;
   int64_t widest = 0;
   for (const auto& s : stages_)
