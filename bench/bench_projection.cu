@@ -110,6 +110,8 @@ int main(int argc, char** argv) {
       DeviceVector<__nv_bfloat16> xb(static_cast<std::size_t>(elems)), yb(static_cast<std::size_t>(elems));
       // Random bf16 rows (a transform of the random fp32 data; any non-trivial values do).
       fwht(Backend::cuda, x.ptr, DType::f32, xb.ptr, DType::bf16, elems / 1024, 1024, stream);
+      DeviceVector<char> scratch(fwht_workspace_bytes(elems / (int64_t{1} << 17), int64_t{1} << 17,
+                                                      DType::bf16));
       for (int log_n = 10; log_n <= 17; ++log_n) {
         const int64_t n = int64_t{1} << log_n, rows = elems / n;
         Result r{"fwht", "2^" + std::to_string(log_n), "fp32", rows, n, 8.0 * rows * n, {}};
@@ -119,7 +121,8 @@ int main(int argc, char** argv) {
         record(r);
         Result b{"fwht", "2^" + std::to_string(log_n), "bf16", rows, n, 4.0 * rows * n, {}};
         b.t = time_op(stream, opt.warmup, opt.iters, [&] {
-          fwht(Backend::cuda, xb.ptr, DType::bf16, yb.ptr, DType::bf16, rows, n, stream);
+          fwht(Backend::cuda, xb.ptr, DType::bf16, yb.ptr, DType::bf16, rows, n, stream, 0,
+               scratch.ptr);
         });
         record(b);
       }

@@ -121,8 +121,13 @@ void require_output_type(DType t) {
 // -----------------------------------------------------------------------------------------------
 // FWHT
 
+std::size_t fwht_workspace_bytes(int64_t rows, int64_t n, DType y_type) {
+  if (y_type == DType::f32 || !is_power_of_two(n) || n > kMaxHadamardSize || rows <= 0) return 0;
+  return detail::fwht_workspace_bytes(rows, log2_exact(n));
+}
+
 void fwht(Backend backend, const void* x, DType x_type, void* y, DType y_type, int64_t rows,
-          int64_t n, cudaStream_t stream, int device) {
+          int64_t n, cudaStream_t stream, int device, void* workspace) {
   HTFR_NVTX_RANGE("htfr::fwht");
   HTFR_REQUIRE(is_power_of_two(n) && n <= kMaxHadamardSize, InvalidArgument,
                "the Hadamard size must be a power of two in [2, " << kMaxHadamardSize
@@ -134,10 +139,12 @@ void fwht(Backend backend, const void* x, DType x_type, void* y, DType y_type, i
                "an in-place FWHT needs the same input and output type");
   require_backend(backend, device);
   check_io(rows, x, "x", y, "y", backend, device);
+  if (backend == Backend::cuda) detail::require_memory(workspace, backend, device, "workspace");
   if (rows == 0) return;
   if (backend == Backend::cuda) {
     detail::DeviceGuard guard(device);
-    detail::launch_fwht(x, x_type, y, y_type, rows, log2_exact(n), nullptr, stream);
+    detail::launch_fwht(x, x_type, y, y_type, rows, log2_exact(n), static_cast<float*>(workspace),
+                        stream);
     return;
   }
   std::vector<float> v(static_cast<std::size_t>(rows * n));

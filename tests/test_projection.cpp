@@ -478,6 +478,17 @@ TEST(FwhtCuda, MatchesCpuAtEverySizeAndType) {
     EXPECT_TRUE(all_close(fy.download(), expected_b, fwht_atol(n), 1e-5)) << "bf16->f32 n " << n;
     EXPECT_TRUE(all_close(from_bf16(fb.download()), expected, fwht_atol(n), 4e-3))
         << "f32->bf16 n " << n;
+    // A caller's workspace gives the same bits as the allocator's scratch.
+    const std::size_t ws_bytes = fwht_workspace_bytes(rows, n, DType::bf16);
+    EXPECT_EQ(ws_bytes, log_n > 15 ? rows * n * sizeof(float) : 0u);
+    if (ws_bytes > 0) {
+      DeviceArray<float> ws(ws_bytes / sizeof(float));
+      DeviceArray<uint16_t> wy(xb.size());
+      fwht(Backend::cuda, bx.get(), DType::bf16, wy.get(), DType::bf16, rows, n, stream.s, 0,
+           ws.get());
+      ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+      EXPECT_EQ(wy.download(), by.download()) << "workspace n " << n;
+    }
   }
 }
 

@@ -28,11 +28,16 @@ inline constexpr int64_t kMaxHadamardSize = int64_t{1} << 17;
 /// y = H_n x for `rows` rows of n values, H_n the unnormalised Walsh–Hadamard matrix (entries
 /// +-1, so applying it twice gives n x). n is a power of two in [2, 2^17]; x and y may be the same
 /// array when x_type == y_type. Types: f32 or bf16; the arithmetic is fp32. Asynchronous on
-/// `stream` for Backend::cuda (device memory of `device`); above 2^15 a bf16 y needs an fp32
-/// scratch copy, taken from the stream-ordered allocator. Throws InvalidArgument, WrongDevice,
-/// NoDevice.
+/// `stream` for Backend::cuda (device memory of `device`). Above 2^15 the transform runs in two
+/// passes over an fp32 copy: an fp32 y holds it; for a bf16 y pass `workspace` (device memory of
+/// fwht_workspace_bytes bytes), or the stream-ordered allocator provides it per call. Throws
+/// InvalidArgument, WrongDevice, NoDevice.
 void fwht(Backend backend, const void* x, DType x_type, void* y, DType y_type, int64_t rows,
-          int64_t n, cudaStream_t stream, int device = 0);
+          int64_t n, cudaStream_t stream, int device = 0, void* workspace = nullptr);
+
+/// Bytes of device scratch fwht uses for `rows` rows of n values written as `y_type` (0 when
+/// none).
+std::size_t fwht_workspace_bytes(int64_t rows, int64_t n, DType y_type);
 
 /// CountSketch S: R^input_dim -> R^output_dim, (S x)[b] = sum over j with bucket(j) = b of
 /// sign(j) x[j]. Linear; E[<Sx, Sy>] = <x, y> over the random hashes.
