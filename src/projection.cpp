@@ -17,6 +17,7 @@
 #include "detail/handles.hpp"
 #include "detail/nvtx.hpp"
 #include "detail/projection_cpu.hpp"
+#include "detail/random.hpp"
 #include "htfr/error.hpp"
 #include "htfr/safetensors.hpp"
 
@@ -24,17 +25,8 @@ namespace htfr {
 
 namespace {
 
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// Uniform integer in [0, n) from a 64-bit random value (multiply-high, no modulo).
-int64_t uniform_below(uint64_t random, int64_t n) {
-  return static_cast<int64_t>((static_cast<unsigned __int128>(random) * uint64_t(n)) >> 64);
-}
+using detail::splitmix64;
+using detail::uniform_below;
 
 void require_backend(Backend backend, int device) {
   if (backend == Backend::cuda) detail::require_cuda_device(device);

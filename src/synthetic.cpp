@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "detail/check.hpp"
+#include "detail/random.hpp"
 
 namespace htfr {
 
@@ -12,25 +13,14 @@ namespace {
 
 constexpr double kTwoPi = 6.283185307179586476925286766559;
 
-uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+using detail::mix64;
 
 /// A SplitMix64 sequence with normal and uniform draws computed in double precision.
 class Rng {
  public:
   explicit Rng(uint64_t key) : state_(key) {}
 
-  uint64_t next() {
-    state_ += 0x9E3779B97F4A7C15ull;
-    uint64_t z = state_;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+  uint64_t next() { return detail::splitmix64(state_); }
 
   /// Uniform in (0, 1]: 53 random bits, never 0 so that log() is finite.
   double uniform() { return (double(next() >> 11) + 1.0) * 0x1.0p-53; }
