@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds htfr on a GPU machine and runs what asks for one: `tests` (the whole GoogleTest suite),
 # `sanitize` (the GPU tests under compute-sanitizer memcheck and racecheck), `bench` (bench_htfr,
-# the PyTorch baseline, bench/RESULTS.md), `projection` (bench_projection and its PyTorch baseline). Logs and JSON go to $OUT (default ./out).
+# the PyTorch baseline, bench/RESULTS.md), `projection` (bench_projection and its PyTorch baseline), `init` (bench_init: k-means and
+# data-driven initialisation at N = 131,072, D = 16,384). Logs and JSON go to $OUT (default ./out).
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
@@ -33,6 +34,7 @@ for mode in "$@"; do
       # SANITIZERS picks the tools (default: memcheck racecheck).
       gpu_tests='Shapes/CudaParity.*:CudaDeterminism.*:CudaPool.*:CudaHalfPrecision.*:*/cuda'
       gpu_tests+=':FwhtCuda.*:SrhtCuda.*:CountSketchCuda.*:PcaCuda.*:ProjectionStackCuda.*:ProjectionAdjoint.*Gpu'
+      gpu_tests+=':*KMeansCuda*:*InitPoolCuda*'
       gpu_tests=${SANITIZE_FILTER:-$gpu_tests}
       for tool in ${SANITIZERS:-memcheck racecheck}; do
         filter=$gpu_tests
@@ -53,6 +55,8 @@ for mode in "$@"; do
     projection)
       HTFR_COMMIT=${HTFR_COMMIT:-unknown} "$BUILD/bench/bench_projection" --out "$OUT/bench_projection.json" ${PROJECTION_ARGS:-} 2>&1 | tee "$OUT/bench_projection.log" || rc=1
       HTFR_COMMIT=${HTFR_COMMIT:-unknown} python3 bench/torch_projection.py --out "$OUT/torch_projection.json" 2>&1 | tee "$OUT/torch_projection.log" | tail -20 || rc=1 ;;
+    init)
+      HTFR_COMMIT=${HTFR_COMMIT:-unknown} "$BUILD/bench/bench_init" --out "$OUT/bench_init.json" ${INIT_ARGS:-} 2>&1 | tee "$OUT/bench_init.log" || rc=1 ;;
     profile)
       # Per-kernel device time of a few S2 bf16 training steps at 4096 rows.
       ncu --metrics gpu__time_duration.sum --csv "$BUILD/bench/bench_htfr" --profile --shapes S2 \
