@@ -20,6 +20,10 @@ Inputs (every key optional; anything missing is shown as "—"):
                       "results": [{"op", "name", "dtype", "rows", "n", "median_ms", "bytes",
                                    "gbps", "rows_per_s", "floor_ms"}, ...]}
   --torch-projection  bench/torch_projection.py's JSON (FWHT medians on the same GPU)
+  --init              bench_init's JSON: {"device", "commit", "date", "rows", "dim", "k",
+                      "out_dim", "precision", "first_call_s", "kmeans_1_iter_s",
+                      "kmeans_3_iter_s", "seconds_per_iteration", "iteration_gemm_tflops",
+                      "init_pool_3_iter_s"}
 
 Usage:
   python3 bench/make_results.py --cpp htfr.json --torch torch.json [--out bench/RESULTS.md]
@@ -582,6 +586,28 @@ def projection_section(proj, tproj, proj_path, tproj_path):
     return out + [""]
 
 
+def init_section(doc, path):
+    """Markdown for the data-driven initialisation benchmark (wall-clock seconds)."""
+    if not doc:
+        return []
+    rows = [["k-means, 1 Lloyd iteration (with seeding and the host copy of the result)",
+             f_fixed(num(doc.get("kmeans_1_iter_s")), 2)],
+            ["k-means, 3 Lloyd iterations", f_fixed(num(doc.get("kmeans_3_iter_s")), 2)],
+            ["one Lloyd iteration (difference, halved)",
+             f_fixed(num(doc.get("seconds_per_iteration")), 2)],
+            ["init_pool_from_data (3 Lloyd iterations, principal directions, pool written)",
+             f_fixed(num(doc.get("init_pool_3_iter_s")), 2)]]
+    return ["## Data-driven initialisation", "",
+            f"Generated from `{f_text(path)}`: device {f_text(doc.get('device'))}, commit "
+            f"{f_text(doc.get('commit'))}, date {f_text(doc.get('date'))}; "
+            f"{f_text(doc.get('rows'))} rows × {f_text(doc.get('dim'))} values, "
+            f"k = {f_text(doc.get('k'))} clusters, {f_text(doc.get('precision'))} distance GEMMs, "
+            f"pool outputs {f_text(doc.get('out_dim'))}. Wall-clock seconds after an untimed "
+            f"first call ({f_fixed(num(doc.get('first_call_s')), 2)} s); the iteration's "
+            f"distance GEMM runs at {f_fixed(num(doc.get('iteration_gemm_tflops')), 0)} "
+            "TFLOP/s.", ""] + md_table(["operation", "seconds"], rows) + [""]
+
+
 def main(argv=None):
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description="Join htfr and PyTorch benchmark JSON into Markdown.")
@@ -591,6 +617,7 @@ def main(argv=None):
                     help="Markdown output path, '-' for stdout (default: bench/RESULTS.md)")
     ap.add_argument("--projection", help="bench_projection JSON")
     ap.add_argument("--torch-projection", help="bench/torch_projection.py JSON")
+    ap.add_argument("--init", help="bench_init JSON")
     ap.add_argument("--notes", help="Markdown file appended as the 'Notes' section (method, "
                                     "floors, caveats), kept beside the data it explains")
     args = ap.parse_args(argv)
@@ -607,6 +634,9 @@ def main(argv=None):
         text += "\n" + "\n".join(projection_section(
             proj, tproj, os.path.basename(args.projection),
             os.path.basename(args.torch_projection) if args.torch_projection else DASH))
+    if args.init:
+        text += "\n" + "\n".join(init_section(load_json(args.init, "init"),
+                                               os.path.basename(args.init)))
     if args.notes:
         text += "\n" + Path(args.notes).read_text(encoding="utf-8").rstrip() + "\n"
     if args.out == "-":
