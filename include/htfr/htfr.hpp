@@ -3,6 +3,8 @@
 
 #include "htfr/config.hpp"
 #include "htfr/error.hpp"
+#include "htfr/init.hpp"
+#include "htfr/maintenance.hpp"
 #include "htfr/model.hpp"
 #include "htfr/pool.hpp"
 #include "htfr/projection.hpp"
