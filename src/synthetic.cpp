@@ -228,4 +228,32 @@ ClassificationData ClusterTask::sample(uint64_t stream, int64_t first_row, int64
   return data;
 }
 
+HtfrConfig smooth_field_config(const SmoothFieldSpec& spec) {
+  HtfrConfig cfg;
+  cfg.input_dim = spec.input_dim;
+  cfg.output_dim = spec.output_dim;
+  cfg.num_tensors = 64;
+  cfg.top_k = 8;
+  cfg.loss = Loss::mse;
+  cfg.reduction = Reduction::mean;
+  cfg.optimizer = Optimizer::adam;
+  cfg.lr = 0.02f;
+  cfg.lr_geometry = 0.002f;
+  return cfg;
+}
+
+HtfrConfig cluster_task_config(const ClusterSpec& spec) {
+  HtfrConfig cfg;
+  cfg.input_dim = spec.input_dim;
+  cfg.output_dim = spec.num_classes;
+  cfg.num_tensors = 256;
+  cfg.top_k = 16;
+  cfg.loss = Loss::cross_entropy;
+  cfg.reduction = Reduction::mean;
+  cfg.optimizer = Optimizer::adam;
+  cfg.lr = 0.05f;
+  cfg.lr_geometry = 0.001f;
+  return cfg;
+}
+
 }  // namespace htfr

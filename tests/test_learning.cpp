@@ -65,16 +65,7 @@ TEST_P(LearnsSyntheticTask, SmoothFieldIn64DimensionsTestRmseFallsTenfold) {
   const int64_t D = task.spec().input_dim, M = task.spec().output_dim;
   ASSERT_EQ(D, 64);
 
-  HtfrConfig cfg;
-  cfg.input_dim = D;
-  cfg.output_dim = M;
-  cfg.num_tensors = 64;
-  cfg.top_k = 8;
-  cfg.loss = Loss::mse;
-  cfg.reduction = Reduction::mean;
-  cfg.optimizer = Optimizer::adam;
-  cfg.lr = 0.02f;
-  cfg.lr_geometry = 0.002f;
+  const HtfrConfig cfg = smooth_field_config(task.spec());
   HtfrModel model = make_model(cfg, backend, 7, 0.3f, 1.0f, 0.5f, 0.0f);
 
   constexpr int64_t kBatch = 256, kSteps = 4000, kReport = 1000, kTestRows = 2048;
@@ -138,16 +129,7 @@ TEST_P(LearnsSyntheticTask, Classes256TestCrossEntropyFallsFarBelowLn256) {
   const int64_t D = task.spec().input_dim, C = task.spec().num_classes;
   ASSERT_EQ(C, 256);
 
-  HtfrConfig cfg;
-  cfg.input_dim = D;
-  cfg.output_dim = C;
-  cfg.num_tensors = 256;
-  cfg.top_k = 16;
-  cfg.loss = Loss::cross_entropy;
-  cfg.reduction = Reduction::mean;
-  cfg.optimizer = Optimizer::adam;
-  cfg.lr = 0.05f;
-  cfg.lr_geometry = 0.001f;
+  const HtfrConfig cfg = cluster_task_config(task.spec());
   HtfrModel model = make_model(cfg, backend, 7, 0.3f, 1.0f, 0.5f, 0.0f);
 
   constexpr int64_t kBatch = 128, kSteps = 1000, kReport = 250, kTestRows = 1024;

@@ -18,7 +18,7 @@ namespace {
 
 using namespace htfr;
 
-constexpr uint64_t kTrainStream = 1, kTestStream = 2, kInitStream = 3;
+constexpr uint64_t kInitStream = 2;  // beside the library's training and test streams
 constexpr int64_t kInitRows = 4096;
 
 struct Curve {
@@ -48,16 +48,7 @@ HyperTensorPool data_pool(const HtfrConfig& cfg, uint64_t seed, const std::vecto
 
 Curve smooth_field(bool data_init, uint64_t seed, const std::vector<int64_t>& report) {
   const SmoothFieldTask task(SmoothFieldSpec{});
-  HtfrConfig cfg;  // as tests/test_learning.cpp
-  cfg.input_dim = task.spec().input_dim;
-  cfg.output_dim = task.spec().output_dim;
-  cfg.num_tensors = 64;
-  cfg.top_k = 8;
-  cfg.loss = Loss::mse;
-  cfg.reduction = Reduction::mean;
-  cfg.optimizer = Optimizer::adam;
-  cfg.lr = 0.02f;
-  cfg.lr_geometry = 0.002f;
+  const HtfrConfig cfg = smooth_field_config(task.spec());
   const RegressionData init = task.sample(kInitStream, 0, kInitRows);
   HtfrModel model(cfg, data_init ? data_pool(cfg, seed, init.x, init.y) : random_pool(cfg, seed));
   const RegressionData test = task.sample(kTestStream, 0, 2048);
@@ -83,16 +74,7 @@ Curve smooth_field(bool data_init, uint64_t seed, const std::vector<int64_t>& re
 Curve classes(bool data_init, uint64_t seed, const std::vector<int64_t>& report) {
   const ClusterTask task(ClusterSpec{});
   const int64_t C = task.spec().num_classes;
-  HtfrConfig cfg;  // as tests/test_learning.cpp
-  cfg.input_dim = task.spec().input_dim;
-  cfg.output_dim = C;
-  cfg.num_tensors = 256;
-  cfg.top_k = 16;
-  cfg.loss = Loss::cross_entropy;
-  cfg.reduction = Reduction::mean;
-  cfg.optimizer = Optimizer::adam;
-  cfg.lr = 0.05f;
-  cfg.lr_geometry = 0.001f;
+  const HtfrConfig cfg = cluster_task_config(task.spec());
   // Data init: the controls start at each cluster's mean of 4 x one-hot labels (log-odds 4 for a
   // pure cluster's class).
   const ClassificationData init = task.sample(kInitStream, 0, kInitRows);

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "htfr/config.hpp"
+
 namespace htfr {
 
 /// Data streams of a synthetic task. Row r of stream s is a pure function of (task seed, s, r):
@@ -117,5 +119,12 @@ class ClusterTask {
   ClusterSpec spec_;
   std::vector<float> centroids_;  // C x D
 };
+
+/// The model configurations the two tasks were tuned with, by measurement on the CPU backend
+/// (tests/test_learning.cpp records the figures). Smooth field: N = 64, K = 8, MSE, mean
+/// reduction, Adam lr 0.02, lr_geometry 0.002. Clustered classes: N = 256, K = 16, cross-entropy,
+/// mean reduction, Adam lr 0.05, lr_geometry 0.001. Everything else at its default.
+HtfrConfig smooth_field_config(const SmoothFieldSpec& spec);
+HtfrConfig cluster_task_config(const ClusterSpec& spec);
 
 }  // namespace htfr
