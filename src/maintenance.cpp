@@ -179,3 +179,263 @@ HyperTensorPool prune_unused(const HyperTensorPool& pool, float min_use, PruneRe
 }
 
 }  // namespace htfr
+
+// -----------------------------------------------------------------------------------------------
+// PoolMaintainer
+
+namespace htfr {
+
+struct PoolMaintainer::Impl {
+  MaintenanceConfig config;
+  Backend backend = Backend::cpu;
+  int device = 0;
+  int64_t N = 0, D = 0, M = 0, max_batch = 0;
+  int64_t head = 0;  // next queue slot
+  MaintenanceStatistics stats;
+  // CPU state, or the device allocation carved below.
+  std::vector<float> decayed, last, qx, qt, qloss;
+  detail::DeviceBuffer storage;
+  float *d_decayed = nullptr, *d_last = nullptr;
+  detail::QueueView queue;
+  int32_t *batch_order = nullptr, *least = nullptr, *slots = nullptr;
+  int64_t* tensor = nullptr;
+  unsigned long long* taken = nullptr;  // tensors reseeded, counted on the device
+  float *xs = nullptr, *ts = nullptr, *normals = nullptr;
+  void* sort_space = nullptr;
+  std::size_t sort_bytes = 0;
+
+  // Normal r of reseed event `event`: a seeded unit vector, the same on every backend.
+  std::vector<float> event_normals(int64_t count) const {
+    std::vector<float> n(static_cast<std::size_t>(count * D));
+    const uint64_t event_seed = detail::mix64(config.reseed.seed ^ detail::mix64(stats.reseed_events));
+    for (int64_t r = 0; r < count; ++r) random_unit(event_seed, r, D, &n[r * D]);
+    return n;
+  }
+};
+
+PoolMaintainer::PoolMaintainer(const HyperTensorPool& pool, const MaintenanceConfig& config,
+                               int64_t max_batch)
+    : impl_(std::make_unique<Impl>()) {
+  const MaintenanceConfig& c = config;
+  HTFR_REQUIRE(!pool.empty(), InvalidArgument, "PoolMaintainer needs a pool");
+  HTFR_REQUIRE(c.usage_decay > 0.0f && c.usage_decay <= 1.0f, InvalidArgument,
+               "usage_decay must lie in (0, 1], got " << c.usage_decay);
+  HTFR_REQUIRE(c.queue_capacity >= 1 && c.queue_capacity <= INT32_MAX, InvalidArgument,
+               "queue_capacity must be >= 1, got " << c.queue_capacity);
+  HTFR_REQUIRE(c.queue_per_step >= 0 && c.reseed_every >= 0 && c.reseed_count >= 0,
+               InvalidArgument, "queue_per_step, reseed_every and reseed_count must be >= 0");
+  HTFR_REQUIRE(c.reseed.band > 0.0f && c.reseed.tau > 0.0f && std::isfinite(c.class_value),
+               InvalidArgument, "reseed band and tau must be > 0 and class_value finite");
+  HTFR_REQUIRE(max_batch >= 1 && max_batch <= INT32_MAX, InvalidArgument,
+               "max_batch must be >= 1, got " << max_batch);
+  Impl& m = *impl_;
+  m.config = c;
+  m.config.reseed_count = std::min(c.reseed_count, pool.num_tensors());
+  m.backend = pool.backend();
+  m.device = pool.device();
+  m.N = pool.num_tensors();
+  m.D = pool.input_dim();
+  m.M = pool.output_dim();
+  m.max_batch = max_batch;
+  const int64_t Q = c.queue_capacity, S = m.config.reseed_count;
+  if (m.backend == Backend::cpu) {
+    m.decayed.assign(static_cast<std::size_t>(m.N), 0.0f);
+    m.last.assign(static_cast<std::size_t>(m.N), 0.0f);
+    m.qx.assign(static_cast<std::size_t>(Q * m.D), 0.0f);
+    m.qt.assign(static_cast<std::size_t>(Q * m.M), 0.0f);
+    m.qloss.assign(static_cast<std::size_t>(Q), -INFINITY);
+    return;
+  }
+  detail::DeviceGuard guard(m.device);
+  m.sort_bytes = detail::sorted_order_workspace_bytes(std::max({m.N, Q, max_batch}));
+  detail::Carver size(nullptr);
+  const auto carve = [&](detail::Carver& k) {
+    m.d_decayed = k.take<float>(m.N);
+    m.d_last = k.take<float>(m.N);
+    m.queue.x = k.take<float>(Q * m.D);
+    m.queue.target = k.take<float>(Q * m.M);
+    m.queue.loss = k.take<float>(Q);
+    m.batch_order = k.take<int32_t>(std::max({m.N, Q, max_batch}));
+    m.least = k.take<int32_t>(m.N);
+    m.slots = k.take<int32_t>(Q);
+    m.tensor = k.take<int64_t>(S);
+    m.taken = k.take<unsigned long long>(1);
+    m.xs = k.take<float>(S * m.D);
+    m.ts = k.take<float>(S * m.M);
+    m.normals = k.take<float>(S * m.D);
+    m.sort_space = k.take<char>(m.sort_bytes);
+  };
+  carve(size);
+  m.storage.reserve(size.used());
+  detail::Carver real(m.storage.data());
+  carve(real);
+  m.queue.capacity = Q;
+  m.queue.input_dim = m.D;
+  m.queue.output_dim = m.M;
+  HTFR_CUDA_CHECK(cudaMemset(m.storage.data(), 0, size.used()));
+  detail::launch_fill(m.queue.loss, Q, -INFINITY, nullptr);
+  HTFR_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+PoolMaintainer::~PoolMaintainer() = default;
+PoolMaintainer::PoolMaintainer(PoolMaintainer&&) noexcept = default;
+PoolMaintainer& PoolMaintainer::operator=(PoolMaintainer&&) noexcept = default;
+
+namespace {
+
+// Indices 0..n-1 ordered by key (descending or ascending), ties to the smaller index.
+std::vector<int32_t> stable_order(const float* keys, int64_t n, bool descending) {
+  std::vector<int32_t> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return descending ? keys[a] > keys[b] : keys[a] < keys[b];
+  });
+  return order;
+}
+
+}  // namespace
+
+void PoolMaintainer::after_step(HyperTensorPool& pool, const Batch& batch, const float* row_loss,
+                                cudaStream_t stream) {
+  HTFR_NVTX_RANGE("htfr::PoolMaintainer::after_step");
+  Impl& m = *impl_;
+  const MaintenanceConfig& c = m.config;
+  HTFR_REQUIRE(pool.backend() == m.backend && pool.device() == m.device &&
+                   pool.num_tensors() == m.N && pool.input_dim() == m.D &&
+                   pool.output_dim() == m.M,
+               InvalidArgument, "after_step got a pool of another shape or device");
+  HTFR_REQUIRE(batch.rows >= 0 && batch.rows <= m.max_batch, InvalidArgument,
+               "batch of " << batch.rows << " rows; the maintainer takes up to " << m.max_batch);
+  HTFR_REQUIRE(batch.rows == 0 || (batch.x && row_loss && (batch.target || batch.target_index)),
+               InvalidArgument, "after_step needs x, row_loss and a target");
+  for (const auto& [p, name] :
+       {std::pair<const void*, const char*>{batch.x, "x"}, {row_loss, "row_loss"},
+        {batch.target, "target"}, {batch.target_index, "target_index"}}) {
+    detail::require_memory(p, m.backend, m.device, name);
+  }
+  const PoolView v = pool.view();
+  const int64_t B = batch.rows, L = std::min(c.queue_per_step, B);
+  const int64_t Q = c.queue_capacity, S = c.reseed_count;
+  ++m.stats.steps;
+  m.stats.rows_queued += L;
+  const bool reseed = c.reseed_every > 0 && m.stats.steps % c.reseed_every == 0 && S > 0;
+  if (m.backend == Backend::cpu) {
+    for (int64_t i = 0; i < m.N; ++i) {
+      m.decayed[i] = c.usage_decay * m.decayed[i] + (v.use_count[i] - m.last[i]);
+      m.last[i] = v.use_count[i];
+    }
+    const auto order = stable_order(row_loss, B, true);
+    for (int64_t r = 0; r < L; ++r) {
+      const int64_t row = order[r], slot = (m.head + r) % Q;
+      std::copy(batch.x + row * m.D, batch.x + (row + 1) * m.D, m.qx.begin() + slot * m.D);
+      for (int64_t k = 0; k < m.M; ++k) {
+        m.qt[slot * m.M + k] = batch.target ? batch.target[row * m.M + k]
+                                            : (k == batch.target_index[row] ? c.class_value : 0.0f);
+      }
+      m.qloss[slot] = row_loss[row];
+    }
+    m.head = (m.head + L) % Q;
+    if (!reseed) return;
+    const auto least = stable_order(m.decayed.data(), m.N, false);
+    const auto slots = stable_order(m.qloss.data(), Q, true);
+    std::vector<int64_t> tensors;
+    std::vector<float> xs, ts;
+    for (int64_t r = 0; r < S; ++r) {
+      const int64_t slot = slots[r], i = least[r];
+      if (!std::isfinite(m.qloss[slot])) break;  // slots are sorted: the rest are empty too
+      tensors.push_back(i);
+      xs.insert(xs.end(), m.qx.begin() + slot * m.D, m.qx.begin() + (slot + 1) * m.D);
+      ts.insert(ts.end(), m.qt.begin() + slot * m.M, m.qt.begin() + (slot + 1) * m.M);
+      m.qloss[slot] = -INFINITY;
+      m.decayed[i] = m.last[i] = 0.0f;
+    }
+    const auto normals = m.event_normals(static_cast<int64_t>(tensors.size()));
+    for (std::size_t r = 0; r < tensors.size(); ++r) {
+      const int64_t i = tensors[r];
+      double dot = 0.0;
+      for (int64_t j = 0; j < m.D; ++j) {
+        dot += double(normals[r * m.D + j]) * xs[r * m.D + j];
+        v.normals[i * m.D + j] = normals[r * m.D + j];
+      }
+      for (int64_t k = 0; k < 3 * m.M; ++k) v.controls[i * 3 * m.M + k] = ts[r * m.M + k % m.M];
+      v.offsets[i] = static_cast<float>(-dot);
+      v.dneg[i] = -c.reseed.band;
+      v.dpos[i] = c.reseed.band;
+      v.tau[i] = c.reseed.tau;
+      v.use_count[i] = v.last_used[i] = v.mean_abs_d[i] = v.loss_trace[i] = 0.0f;
+    }
+    ++m.stats.reseed_events;
+    m.stats.tensors_reseeded += static_cast<int64_t>(tensors.size());
+    return;
+  }
+  detail::DeviceGuard guard(m.device);
+  detail::launch_decay_usage(v.use_count, m.d_last, m.d_decayed, m.N, c.usage_decay, stream);
+  if (L > 0) {
+    detail::launch_sorted_order(row_loss, B, true, m.batch_order, m.sort_space, m.sort_bytes,
+                                stream);
+    detail::launch_push_rows(m.queue, m.batch_order, L, m.head, batch.x, batch.target,
+                             batch.target_index, c.class_value, row_loss, stream);
+  }
+  m.head = (m.head + L) % Q;
+  if (!reseed) return;
+  detail::launch_sorted_order(m.d_decayed, m.N, false, m.least, m.sort_space, m.sort_bytes,
+                              stream);
+  detail::launch_sorted_order(m.queue.loss, Q, true, m.slots, m.sort_space, m.sort_bytes, stream);
+  detail::launch_take_rows(m.queue, m.slots, m.least, S, m.tensor, m.xs, m.ts, m.d_decayed,
+                           m.d_last, m.taken, stream);
+  const auto normals = m.event_normals(S);
+  HTFR_CUDA_CHECK(cudaMemcpyAsync(m.normals, normals.data(), normals.size() * sizeof(float),
+                                  cudaMemcpyHostToDevice, stream));
+  detail::launch_reseed(v, m.tensor, m.normals, m.xs, m.ts, S, c.reseed.band, c.reseed.tau,
+                        stream);
+  // The pageable normals must stay alive until the copy has been made.
+  HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
+  ++m.stats.reseed_events;
+}
+
+std::vector<float> PoolMaintainer::decayed_usage(cudaStream_t stream) const {
+  const Impl& m = *impl_;
+  if (m.backend == Backend::cpu) return m.decayed;
+  std::vector<float> out(static_cast<std::size_t>(m.N));
+  detail::DeviceGuard guard(m.device);
+  HTFR_CUDA_CHECK(cudaMemcpyAsync(out.data(), m.d_decayed, m.N * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream));
+  HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return out;
+}
+
+std::vector<float> PoolMaintainer::queue_losses(cudaStream_t stream) const {
+  const Impl& m = *impl_;
+  if (m.backend == Backend::cpu) return m.qloss;
+  std::vector<float> out(static_cast<std::size_t>(m.config.queue_capacity));
+  detail::DeviceGuard guard(m.device);
+  HTFR_CUDA_CHECK(cudaMemcpyAsync(out.data(), m.queue.loss, out.size() * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream));
+  HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return out;
+}
+
+MaintenanceStatistics PoolMaintainer::statistics(cudaStream_t stream) const {
+  HTFR_NVTX_RANGE("htfr::PoolMaintainer::statistics");
+  const Impl& m = *impl_;
+  MaintenanceStatistics s = m.stats;
+  if (m.backend == Backend::cuda) {
+    unsigned long long taken = 0;
+    detail::DeviceGuard guard(m.device);
+    HTFR_CUDA_CHECK(cudaMemcpyAsync(&taken, m.taken, sizeof taken, cudaMemcpyDeviceToHost,
+                                    stream));
+    HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
+    s.tensors_reseeded = static_cast<int64_t>(taken);
+  }
+  std::vector<float> usage = decayed_usage(stream);
+  const int64_t n = static_cast<int64_t>(usage.size());
+  s.active_fraction =
+      double(std::count_if(usage.begin(), usage.end(), [](float u) { return u > 1e-3f; })) / n;
+  std::sort(usage.begin(), usage.end());
+  s.usage_p10 = usage[(n - 1) / 10];
+  s.usage_median = usage[(n - 1) / 2];
+  s.usage_p90 = usage[(n - 1) * 9 / 10];
+  return s;
+}
+
+}  // namespace htfr

@@ -5,7 +5,9 @@
 #include <htfr/htfr.hpp>
 #include <htfr/maintenance.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <vector>
 
 #include "test_util.hpp"
@@ -187,6 +189,139 @@ TEST(MaintenanceCuda, ReseedAndPruneMatchCpu) {
 
   // Host rows handed to a CUDA pool are refused.
   EXPECT_THROW(reseed_tensors(gpu, {2}, x.data(), targets.data(), {}, stream.s), WrongDevice);
+}
+
+// A few MSE training steps of a small model with a maintainer beside it, on `backend`. Returns
+// the per-step batches (x, y) and row losses so a test can check what the maintainer chose.
+struct MaintainedRun {
+  std::vector<std::vector<float>> x, y, loss;
+  std::vector<float> usage, queue;
+  MaintenanceStatistics stats;
+  PoolParameters pool;
+};
+
+MaintainedRun run_maintained(Backend backend, const MaintenanceConfig& mc, int steps) {
+  constexpr int64_t kB = 10;
+  HtfrConfig cfg = config(16, 2);
+  cfg.loss = Loss::mse;
+  auto host_pool = random_pool(21, 16);
+  HtfrModel model(cfg, host_pool.clone(backend));
+  PoolMaintainer maintainer(model.pool(), mc, kB);
+  MaintainedRun run;
+  Staged<float> x(backend, kB * kD), y(backend, kB * kM), loss(backend, kB);
+  for (int s = 0; s < steps; ++s) {
+    run.x.push_back(random_normal(kB * kD, 100 + s));
+    run.y.push_back(random_normal(kB * kM, 200 + s));
+    Batch batch{x.set(run.x.back()), kB, y.set(run.y.back()), nullptr};
+    StepOutputs out;
+    out.row_loss = loss.get();
+    model.train_step(batch, out);
+    maintainer.after_step(model.pool(), batch, loss.get(), nullptr);
+    if (backend == Backend::cuda) {
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    }
+    run.loss.push_back(loss.fetch());
+  }
+  run.usage = maintainer.decayed_usage(nullptr);
+  run.queue = maintainer.queue_losses(nullptr);
+  run.stats = maintainer.statistics(nullptr);
+  run.pool = model.pool().download();
+  return run;
+}
+
+// The reseeded tensors sit on the highest-loss queued rows: hyperplane through the row, controls
+// equal to its target, usage restarted.
+void expect_reseeded_onto_worst_rows(const MaintainedRun& run, int per_step, int count) {
+  struct Row {
+    float loss;
+    int step, row;
+  };
+  std::vector<Row> queued;
+  for (std::size_t s = 0; s < run.loss.size(); ++s) {
+    std::vector<int> order(run.loss[s].size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return run.loss[s][a] > run.loss[s][b]; });
+    for (int r = 0; r < per_step; ++r) queued.push_back({run.loss[s][order[r]], int(s), order[r]});
+  }
+  std::stable_sort(queued.begin(), queued.end(),
+                   [](const Row& a, const Row& b) { return a.loss > b.loss; });
+  const PoolParameters& p = run.pool;
+  for (int k = 0; k < count; ++k) {
+    const float* x = run.x[queued[k].step].data() + queued[k].row * kD;
+    const float* y = run.y[queued[k].step].data() + queued[k].row * kM;
+    int found = 0;
+    for (int64_t i = 0; i < p.num_tensors; ++i) {
+      double d = p.offsets[i];
+      for (int64_t j = 0; j < kD; ++j) d += double(p.normals[i * kD + j]) * x[j];
+      bool same = std::fabs(d) < 1e-5 && p.use_count[i] == 0.0f;
+      for (int64_t m = 0; m < kM && same; ++m) same = p.controls[(i * 3 + 1) * kM + m] == y[m];
+      found += same;
+    }
+    EXPECT_EQ(found, 1) << "queued row " << k << " (loss " << queued[k].loss << ")";
+  }
+  EXPECT_EQ(run.stats.tensors_reseeded, count);
+  const auto finite = std::count_if(run.queue.begin(), run.queue.end(),
+                                    [](float v) { return std::isfinite(v); });
+  EXPECT_EQ(finite, static_cast<long>(per_step * run.loss.size()) - count);
+}
+
+TEST(MaintainerCpu, DecaysUsageAndQueuesTheWorstRows) {
+  MaintenanceConfig mc;
+  mc.usage_decay = 0.5f;
+  mc.queue_capacity = 6;
+  mc.queue_per_step = 3;
+  mc.reseed_every = 0;
+  const auto one = run_maintained(Backend::cpu, mc, 1);
+  EXPECT_EQ(one.usage, one.pool.use_count);  // from zero, the first step's counts
+  const auto two = run_maintained(Backend::cpu, mc, 2);
+  for (int64_t i = 0; i < 16; ++i) {
+    const float expected = 0.5f * one.pool.use_count[i] + (two.pool.use_count[i] - one.pool.use_count[i]);
+    EXPECT_EQ(two.usage[i], expected) << "tensor " << i;
+  }
+  // The queue holds each step's three highest losses.
+  std::vector<float> expected;
+  for (const auto& l : two.loss) {
+    auto sorted = l;
+    std::sort(sorted.rbegin(), sorted.rend());
+    expected.insert(expected.end(), sorted.begin(), sorted.begin() + 3);
+  }
+  auto queue = two.queue;
+  std::sort(queue.rbegin(), queue.rend());
+  std::sort(expected.rbegin(), expected.rend());
+  EXPECT_EQ(queue, expected);
+  EXPECT_EQ(two.stats.rows_queued, 6);
+  EXPECT_EQ(two.stats.steps, 2);
+  MaintenanceConfig bad;
+  bad.usage_decay = 0.0f;
+  EXPECT_THROW(PoolMaintainer(random_pool(1), bad, 4), InvalidArgument);
+  EXPECT_THROW(PoolMaintainer(random_pool(1), mc, 0), InvalidArgument);
+}
+
+TEST(MaintainerCpu, ReseedsTheLeastUsedTensorsOntoTheWorstRows) {
+  MaintenanceConfig mc;
+  mc.queue_capacity = 32;
+  mc.queue_per_step = 3;
+  mc.reseed_every = 2;
+  mc.reseed_count = 2;
+  const auto run = run_maintained(Backend::cpu, mc, 2);
+  EXPECT_EQ(run.stats.reseed_events, 1);
+  expect_reseeded_onto_worst_rows(run, 3, 2);
+}
+
+TEST(MaintainerCuda, MatchesCpu) {
+  HTFR_SKIP_WITHOUT_GPU();
+  MaintenanceConfig mc;
+  mc.queue_capacity = 32;
+  mc.queue_per_step = 3;
+  mc.reseed_every = 2;
+  mc.reseed_count = 2;
+  const auto gpu = run_maintained(Backend::cuda, mc, 2);
+  const auto cpu = run_maintained(Backend::cpu, mc, 2);
+  expect_reseeded_onto_worst_rows(gpu, 3, 2);
+  EXPECT_EQ(gpu.usage, cpu.usage);  // selection counts: integers on both backends
+  EXPECT_EQ(gpu.stats.tensors_reseeded, cpu.stats.tensors_reseeded);
+  EXPECT_TRUE(all_close(gpu.queue, cpu.queue, 1e-5, 1e-4));
 }
 
 }  // namespace
