@@ -1,7 +1,8 @@
-// htfr_init_compare: random versus data-driven pool initialisation on the synthetic tasks of the
-// test suite (smooth field R^64 -> R^8, 256 clustered classes), same hyperparameters, same
-// training rows, several seeds: the held-out error after a fixed number of steps decides which
-// initialisation is the default. Runs on the CPU backend; prints a table and writes JSON.
+// htfr_init_compare: random versus data-driven pool initialisation, each with and without
+// reseeding during training (PoolMaintainer), on the synthetic tasks of the test suite (smooth
+// field R^64 -> R^8, 256 clustered classes): same hyperparameters, same training rows, several
+// seeds. The held-out error after a fixed number of steps decides the defaults. Runs on the CPU
+// backend; prints a table and writes JSON.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,6 +13,7 @@
 
 #include "htfr/htfr.hpp"
 #include "htfr/init.hpp"
+#include "htfr/maintenance.hpp"
 #include "htfr/synthetic.hpp"
 
 namespace {
@@ -20,6 +22,21 @@ using namespace htfr;
 
 constexpr uint64_t kInitStream = 2;  // beside the library's training and test streams
 constexpr int64_t kInitRows = 4096;
+
+// Reseeding as measured: every 100 steps the 4 least-used tensors move onto the worst of the
+// last rows (8 per step, 256 queued).
+MaintenanceConfig reseeding() {
+  MaintenanceConfig mc;
+  mc.queue_capacity = 256;
+  mc.queue_per_step = 8;
+  mc.reseed_every = 100;
+  mc.reseed_count = 4;
+  return mc;
+}
+
+std::string label(bool data_init, bool reseed) {
+  return std::string(data_init ? "data" : "random") + (reseed ? "+reseed" : "");
+}
 
 struct Curve {
   std::string task, init;
@@ -46,15 +63,18 @@ HyperTensorPool data_pool(const HtfrConfig& cfg, uint64_t seed, const std::vecto
   return pool;
 }
 
-Curve smooth_field(bool data_init, uint64_t seed, const std::vector<int64_t>& report) {
+Curve smooth_field(bool data_init, bool reseed, uint64_t seed,
+                   const std::vector<int64_t>& report) {
   const SmoothFieldTask task(SmoothFieldSpec{});
   const HtfrConfig cfg = smooth_field_config(task.spec());
   const RegressionData init = task.sample(kInitStream, 0, kInitRows);
   HtfrModel model(cfg, data_init ? data_pool(cfg, seed, init.x, init.y) : random_pool(cfg, seed));
   const RegressionData test = task.sample(kTestStream, 0, 2048);
   std::vector<float> y(test.y.size());
-  Curve c{"smooth_field", data_init ? "data" : "random", seed, {}, {}};
+  Curve c{"smooth_field", label(data_init, reseed), seed, {}, {}};
   const int64_t batch = 256;
+  PoolMaintainer maintainer(model.pool(), reseeding(), batch);
+  std::vector<float> loss(static_cast<std::size_t>(batch));
   for (int64_t step = 0; step <= report.back(); ++step) {
     for (int64_t r : report) {
       if (r != step) continue;
@@ -66,12 +86,14 @@ Curve smooth_field(bool data_init, uint64_t seed, const std::vector<int64_t>& re
     }
     if (step == report.back()) break;
     const RegressionData rows = task.sample(kTrainStream, step * batch, batch);
-    model.train_step({rows.x.data(), batch, rows.y.data(), nullptr});
+    const Batch b{rows.x.data(), batch, rows.y.data(), nullptr};
+    model.train_step(b, {nullptr, loss.data(), nullptr});
+    if (reseed) maintainer.after_step(model.pool(), b, loss.data(), nullptr);
   }
   return c;
 }
 
-Curve classes(bool data_init, uint64_t seed, const std::vector<int64_t>& report) {
+Curve classes(bool data_init, bool reseed, uint64_t seed, const std::vector<int64_t>& report) {
   const ClusterTask task(ClusterSpec{});
   const int64_t C = task.spec().num_classes;
   const HtfrConfig cfg = cluster_task_config(task.spec());
@@ -83,8 +105,10 @@ Curve classes(bool data_init, uint64_t seed, const std::vector<int64_t>& report)
   HtfrModel model(cfg, data_init ? data_pool(cfg, seed, init.x, onehot) : random_pool(cfg, seed));
   const ClassificationData test = task.sample(kTestStream, 0, 1024);
   std::vector<float> logits(static_cast<std::size_t>(test.rows * C));
-  Curve c{"classes256", data_init ? "data" : "random", seed, {}, {}};
+  Curve c{"classes256", label(data_init, reseed), seed, {}, {}};
   const int64_t batch = 128;
+  PoolMaintainer maintainer(model.pool(), reseeding(), batch);
+  std::vector<float> loss(static_cast<std::size_t>(batch));
   for (int64_t step = 0; step <= report.back(); ++step) {
     for (int64_t r : report) {
       if (r != step) continue;
@@ -103,7 +127,9 @@ Curve classes(bool data_init, uint64_t seed, const std::vector<int64_t>& report)
     }
     if (step == report.back()) break;
     const ClassificationData rows = task.sample(kTrainStream, step * batch, batch);
-    model.train_step({rows.x.data(), batch, nullptr, rows.label.data()});
+    const Batch b{rows.x.data(), batch, nullptr, rows.label.data()};
+    model.train_step(b, {nullptr, loss.data(), nullptr});
+    if (reseed) maintainer.after_step(model.pool(), b, loss.data(), nullptr);
   }
   return c;
 }
@@ -118,15 +144,17 @@ int main(int argc, char** argv) {
     std::vector<Curve> curves;
     for (uint64_t seed : {1, 2, 3}) {
       for (bool data : {false, true}) {
-        curves.push_back(smooth_field(data, seed, smooth_report));
-        curves.push_back(classes(data, seed, class_report));
+        for (bool reseed : {false, true}) {
+          curves.push_back(smooth_field(data, reseed, seed, smooth_report));
+          curves.push_back(classes(data, reseed, seed, class_report));
+        }
       }
     }
     std::ofstream json(out);
     json << "{\"backend\": \"cpu\", \"curves\": [\n";
     for (std::size_t i = 0; i < curves.size(); ++i) {
       const Curve& c = curves[i];
-      std::printf("%-12s %-6s seed %llu:", c.task.c_str(), c.init.c_str(),
+      std::printf("%-12s %-14s seed %llu:", c.task.c_str(), c.init.c_str(),
                   (unsigned long long)c.seed);
       json << "  {\"task\": \"" << c.task << "\", \"init\": \"" << c.init << "\", \"seed\": "
            << c.seed << ", \"steps\": [";

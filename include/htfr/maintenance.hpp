@@ -58,7 +58,9 @@ struct MaintenanceConfig {
   float usage_decay = 0.99f;      ///< per step: usage <- decay * usage + selections this step
   int64_t queue_capacity = 1024;  ///< rows the high-error queue holds (ring buffer), >= 1
   int64_t queue_per_step = 8;     ///< highest-loss rows of each batch pushed onto the queue
-  int64_t reseed_every = 100;     ///< R: reseed every R steps (0 = never)
+  /// R: reseed every R steps. 0 = never, the default: reseeding made both synthetic tasks worse
+  /// when measured (docs/RESULTS.md, "Pool initialisation").
+  int64_t reseed_every = 0;
   int64_t reseed_count = 8;       ///< tensors reseeded per event (at most the queued rows)
   float class_value = 4.0f;       ///< control value of the true class for index targets
   ReseedOptions reseed;           ///< bands, temperature and normal seed of reseeded tensors
