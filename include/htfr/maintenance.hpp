@@ -93,7 +93,8 @@ class PoolMaintainer {
   /// Call after each HtfrModel::train_step on the model that owns `pool` (HtfrModel::pool()),
   /// with the step's batch and its per-row losses (StepOutputs::row_loss). Targets for reseeding
   /// are batch.target when given (rows x M, used as controls), else the one-hot rows of
-  /// batch.target_index scaled by class_value. Asynchronous on `stream` (no read-back). Throws
+  /// batch.target_index scaled by class_value. Asynchronous on `stream`, except that a reseeding
+  /// step synchronises it once (its seeded normals are uploaded from the host). Throws
   /// InvalidArgument (shape or batch size), WrongDevice.
   void after_step(HyperTensorPool& pool, const Batch& batch, const float* row_loss,
                   cudaStream_t stream);
