@@ -48,6 +48,26 @@ bool any_nonfinite(const float* data, int64_t count, Backend backend, cudaStream
   return host != 0;
 }
 
+// CPU twin of the reseed kernel: for r < count, tensor tensors[r] moves onto row r.
+void reseed_cpu(const PoolView& v, const int64_t* tensors, int64_t count, const float* normals,
+                const float* x, const float* targets, float band, float tau) {
+  const int64_t D = v.input_dim, M = v.output_dim;
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t i = tensors[r];
+    double dot = 0.0;
+    for (int64_t j = 0; j < D; ++j) {
+      dot += double(normals[r * D + j]) * x[r * D + j];
+      v.normals[i * D + j] = normals[r * D + j];
+    }
+    for (int64_t k = 0; k < 3 * M; ++k) v.controls[i * 3 * M + k] = targets[r * M + k % M];
+    v.offsets[i] = static_cast<float>(-dot);
+    v.dneg[i] = -band;
+    v.dpos[i] = band;
+    v.tau[i] = tau;
+    v.use_count[i] = v.last_used[i] = v.mean_abs_d[i] = v.loss_trace[i] = 0.0f;
+  }
+}
+
 }  // namespace
 
 void reseed_tensors(HyperTensorPool& pool, const std::vector<int64_t>& tensors, const float* x,
@@ -97,20 +117,7 @@ void reseed_tensors(HyperTensorPool& pool, const std::vector<int64_t>& tensors, 
     HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host arrays above must outlive the copies
     return;
   }
-  for (int64_t r = 0; r < count; ++r) {
-    const int64_t i = tensors[r];
-    double dot = 0.0;
-    for (int64_t j = 0; j < D; ++j) {
-      dot += double(normals[r * D + j]) * x[r * D + j];
-      v.normals[i * D + j] = normals[r * D + j];
-    }
-    for (int64_t k = 0; k < 3 * M; ++k) v.controls[i * 3 * M + k] = targets[r * M + k % M];
-    v.offsets[i] = static_cast<float>(-dot);
-    v.dneg[i] = -options.band;
-    v.dpos[i] = options.band;
-    v.tau[i] = options.tau;
-    v.use_count[i] = v.last_used[i] = v.mean_abs_d[i] = v.loss_trace[i] = 0.0f;
-  }
+  reseed_cpu(v, tensors.data(), count, normals.data(), x, targets, options.band, options.tau);
 }
 
 std::vector<int64_t> least_used_tensors(const HyperTensorPool& pool, int64_t count,
@@ -350,20 +357,8 @@ void PoolMaintainer::after_step(HyperTensorPool& pool, const Batch& batch, const
       m.decayed[i] = m.last[i] = 0.0f;
     }
     const auto normals = m.event_normals(static_cast<int64_t>(tensors.size()));
-    for (std::size_t r = 0; r < tensors.size(); ++r) {
-      const int64_t i = tensors[r];
-      double dot = 0.0;
-      for (int64_t j = 0; j < m.D; ++j) {
-        dot += double(normals[r * m.D + j]) * xs[r * m.D + j];
-        v.normals[i * m.D + j] = normals[r * m.D + j];
-      }
-      for (int64_t k = 0; k < 3 * m.M; ++k) v.controls[i * 3 * m.M + k] = ts[r * m.M + k % m.M];
-      v.offsets[i] = static_cast<float>(-dot);
-      v.dneg[i] = -c.reseed.band;
-      v.dpos[i] = c.reseed.band;
-      v.tau[i] = c.reseed.tau;
-      v.use_count[i] = v.last_used[i] = v.mean_abs_d[i] = v.loss_trace[i] = 0.0f;
-    }
+    reseed_cpu(v, tensors.data(), static_cast<int64_t>(tensors.size()), normals.data(),
+               xs.data(), ts.data(), c.reseed.band, c.reseed.tau);
     ++m.stats.reseed_events;
     m.stats.tensors_reseeded += static_cast<int64_t>(tensors.size());
     return;

@@ -266,6 +266,16 @@ void expect_reseeded_onto_worst_rows(const MaintainedRun& run, int per_step, int
   EXPECT_EQ(finite, static_cast<long>(per_step * run.loss.size()) - count);
 }
 
+// Three rows queued per step, two tensors reseeded every second step.
+MaintenanceConfig reseed_every_second_step() {
+  MaintenanceConfig mc;
+  mc.queue_capacity = 32;
+  mc.queue_per_step = 3;
+  mc.reseed_every = 2;
+  mc.reseed_count = 2;
+  return mc;
+}
+
 TEST(MaintainerCpu, DecaysUsageAndQueuesTheWorstRows) {
   MaintenanceConfig mc;
   mc.usage_decay = 0.5f;
@@ -299,11 +309,7 @@ TEST(MaintainerCpu, DecaysUsageAndQueuesTheWorstRows) {
 }
 
 TEST(MaintainerCpu, ReseedsTheLeastUsedTensorsOntoTheWorstRows) {
-  MaintenanceConfig mc;
-  mc.queue_capacity = 32;
-  mc.queue_per_step = 3;
-  mc.reseed_every = 2;
-  mc.reseed_count = 2;
+  const MaintenanceConfig mc = reseed_every_second_step();
   const auto run = run_maintained(Backend::cpu, mc, 2);
   EXPECT_EQ(run.stats.reseed_events, 1);
   expect_reseeded_onto_worst_rows(run, 3, 2);
@@ -311,11 +317,7 @@ TEST(MaintainerCpu, ReseedsTheLeastUsedTensorsOntoTheWorstRows) {
 
 TEST(MaintainerCuda, MatchesCpu) {
   HTFR_SKIP_WITHOUT_GPU();
-  MaintenanceConfig mc;
-  mc.queue_capacity = 32;
-  mc.queue_per_step = 3;
-  mc.reseed_every = 2;
-  mc.reseed_count = 2;
+  const MaintenanceConfig mc = reseed_every_second_step();
   const auto gpu = run_maintained(Backend::cuda, mc, 2);
   const auto cpu = run_maintained(Backend::cpu, mc, 2);
   expect_reseeded_onto_worst_rows(gpu, 3, 2);
