@@ -263,6 +263,36 @@ class CpuBackend final : public ModelBackend {
     return static_cast<float>(loss);
   }
 
+  std::vector<float> optimizer_state(cudaStream_t) const override {
+    std::vector<float> out;
+    if (config_.optimizer != Optimizer::adam) return out;
+    const auto N = static_cast<std::size_t>(config_.num_tensors);
+    const std::size_t sizes[6] = {N * 3 * config_.output_dim, N * 3 * config_.output_dim,
+                                  N * config_.input_dim,      N * config_.input_dim,
+                                  2 * N,                      2 * N};
+    const std::vector<float>* parts[6] = {&m_controls_, &v_controls_, &m_normals_,
+                                          &v_normals_,  &m_scalars_,  &v_scalars_};
+    for (int i = 0; i < 6; ++i) {
+      if (parts[i]->empty())
+        out.insert(out.end(), sizes[i], 0.0f);
+      else
+        out.insert(out.end(), parts[i]->begin(), parts[i]->end());
+    }
+    return out;
+  }
+
+  void set_optimizer_state(const std::vector<float>& state, cudaStream_t) override {
+    if (config_.optimizer != Optimizer::adam) return;
+    ensure_adam_state();
+    std::vector<float>* parts[6] = {&m_controls_, &v_controls_, &m_normals_,
+                                    &v_normals_,  &m_scalars_,  &v_scalars_};
+    std::size_t at = 0;
+    for (auto* part : parts) {
+      std::copy(state.begin() + at, state.begin() + at + part->size(), part->begin());
+      at += part->size();
+    }
+  }
+
   void ensure_adam_state() {
     if (config_.optimizer != Optimizer::adam || !m_controls_.empty()) return;
     const auto N = static_cast<std::size_t>(config_.num_tensors);

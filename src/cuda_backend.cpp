@@ -63,11 +63,35 @@ class CudaBackend final : public ModelBackend {
     host_flags_ = std::make_unique<PinnedFlags>(4);
     if (config_.optimizer == Optimizer::adam) {
       const int64_t N = config_.num_tensors;
-      const std::size_t floats =
-          2 * static_cast<std::size_t>(N * 3 * config_.output_dim + N * config_.input_dim + 2 * N);
+      (void)N;
+      const std::size_t floats = adam_floats();
       adam_.reserve(floats * sizeof(float));
       HTFR_CUDA_CHECK(cudaMemset(adam_.data(), 0, floats * sizeof(float)));
     }
+  }
+
+  std::vector<float> optimizer_state(cudaStream_t stream) const override {
+    std::vector<float> out;
+    if (config_.optimizer != Optimizer::adam) return out;
+    DeviceGuard guard(pool_.device());
+    out.resize(adam_floats());
+    HTFR_CUDA_CHECK(cudaMemcpyAsync(out.data(), adam_.data(), out.size() * sizeof(float),
+                                    cudaMemcpyDeviceToHost, stream));
+    HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return out;
+  }
+
+  void set_optimizer_state(const std::vector<float>& state, cudaStream_t stream) override {
+    if (config_.optimizer != Optimizer::adam) return;
+    DeviceGuard guard(pool_.device());
+    HTFR_CUDA_CHECK(cudaMemcpyAsync(adam_.data(), state.data(), adam_floats() * sizeof(float),
+                                    cudaMemcpyHostToDevice, stream));
+    HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  std::size_t adam_floats() const {
+    const int64_t N = config_.num_tensors;
+    return 2 * static_cast<std::size_t>(N * 3 * config_.output_dim + N * config_.input_dim + 2 * N);
   }
 
   void select(const float* x, int64_t rows, int32_t* indices, float* distances,

@@ -1,1 +1,1119 @@
-// placeholder
+// The two-stage HyperField Transformer: configuration (with its JSON form), loading a capture
+// onto the model's backend, the training schedule (pretraining, then end-to-end fine-tuning) and
+// the teacher-free evaluation with its diagnostic modes and ablations.
+#include "htfr/hft.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <unordered_map>
+
+#include "detail/check.hpp"
+#include "detail/hft_impl.hpp"
+#include "detail/nvtx.hpp"
+#include "htfr/safetensors.hpp"
+#include "../kernels/hft_rows.cuh"
+#include "../kernels/kmeans.cuh"
+
+namespace htfr {
+
+using json = nlohmann::json;
+
+// ---------------------------------------------------------------- configuration
+
+void HftConfig::validate() const {
+  context.validate();
+  stage1.htfr.validate();
+  stage2.htfr.validate();
+  const auto check_stage = [](const HftStageConfig& s, const char* name, int64_t raw_dim) {
+    HTFR_REQUIRE(s.srht_block >= 2 && s.srht_block <= kMaxHadamardSize &&
+                     (s.srht_block & (s.srht_block - 1)) == 0,
+                 InvalidArgument,
+                 name << ".srht_block must be a power of two in [2, 2^17], got " << s.srht_block);
+    HTFR_REQUIRE(s.sketch_dim >= s.htfr.input_dim && s.sketch_dim % s.srht_block == 0,
+                 InvalidArgument,
+                 name << ".sketch_dim (" << s.sketch_dim << ") must be a multiple of srht_block ("
+                      << s.srht_block << ") and >= input_dim (" << s.htfr.input_dim << ")");
+    HTFR_REQUIRE(s.sketch_dim <= raw_dim * 4, InvalidArgument,
+                 name << ".sketch_dim " << s.sketch_dim << " is far wider than the raw features ("
+                      << raw_dim << ")");
+    HTFR_REQUIRE(std::isfinite(s.init_offset_scale) && s.init_offset_scale >= 0 &&
+                     std::isfinite(s.init_band) && s.init_band > 0 && std::isfinite(s.init_tau) &&
+                     s.init_tau > 0 && std::isfinite(s.init_control_scale) &&
+                     s.init_control_scale >= 0,
+                 InvalidArgument, name << ": initialisation scales must be finite, bands and tau > 0");
+  };
+  const ContextLayout l = context_layout(context);
+  check_stage(stage1, "stage1", l.stage1_dim);
+  check_stage(stage2, "stage2", l.stage2_dim);
+  HTFR_REQUIRE(stage1.htfr.output_dim == context.history_dim, InvalidArgument,
+               "stage1.output_dim (" << stage1.htfr.output_dim
+                                     << ") must equal context.history_dim ("
+                                     << context.history_dim << ")");
+  HTFR_REQUIRE(stage2.htfr.output_dim == context.vocab_size, InvalidArgument,
+               "stage2.output_dim (" << stage2.htfr.output_dim
+                                     << ") must equal context.vocab_size (" << context.vocab_size
+                                     << ")");
+  HTFR_REQUIRE(stage1.htfr.loss == Loss::mse, InvalidArgument,
+               "stage1.loss must be mse (Stage 1 regresses its target)");
+  HTFR_REQUIRE(stage2.htfr.loss != Loss::mse, InvalidArgument,
+               "stage2.loss must be cross_entropy, kl or mixed");
+  HTFR_REQUIRE(!target_layers.empty(), InvalidArgument, "target_layers must not be empty");
+  HTFR_REQUIRE(std::isfinite(target_clip) && target_clip > 0, InvalidArgument,
+               "target_clip must be finite and > 0");
+  HTFR_REQUIRE(batch_streams >= 1 && batch_streams <= 65535, InvalidArgument,
+               "batch_streams must be in [1, 65535], got " << batch_streams);
+  HTFR_REQUIRE(pretrain_epochs >= 0 && finetune_epochs >= 0, InvalidArgument,
+               "epochs must be >= 0");
+  HTFR_REQUIRE(std::isfinite(e2e_weight) && e2e_weight >= 0, InvalidArgument,
+               "e2e_weight must be finite and >= 0");
+}
+
+HftConfig default_hft_config() {
+  HftConfig c;
+  auto& s1 = c.stage1.htfr;
+  s1.input_dim = 16384;
+  s1.output_dim = 1024;
+  s1.num_tensors = 8192;
+  s1.top_k = 16;
+  s1.lr = 0.04f;
+  s1.lr_geometry = 0.004f;
+  s1.loss = Loss::mse;
+  s1.reduction = Reduction::mean;
+  s1.optimizer = Optimizer::adam;
+  s1.precision = Precision::bf16;
+  c.stage1.sketch_dim = 32768;
+  c.stage1.srht_block = 32768;
+  c.stage1.init_tau = 1.0f;
+  auto& s2 = c.stage2.htfr;
+  s2.input_dim = 4096;
+  s2.output_dim = 4096;
+  s2.num_tensors = 16384;
+  s2.top_k = 24;
+  s2.lr = 0.03f;
+  s2.lr_geometry = 0.003f;
+  s2.loss = Loss::mixed;
+  s2.ce_weight = 1.0f;
+  s2.kl_weight = 1.0f;
+  s2.reduction = Reduction::mean;
+  s2.optimizer = Optimizer::adam;
+  s2.precision = Precision::bf16;
+  c.stage2.sketch_dim = 8192;
+  c.stage2.srht_block = 8192;
+  c.stage2.init_tau = 0.8f;
+  for (auto* s : {&s1, &s2}) s->check_finite = false;
+  return c;
+}
+
+HftConfig small_hft_config() {
+  HftConfig c = default_hft_config();
+  c.context.window = 32;
+  c.context.history_dim = 128;
+  c.context.bloom_size = 2048;
+  c.context.history = 2;
+  c.context.tail = 8;
+  auto& s1 = c.stage1.htfr;
+  s1.input_dim = 2048;
+  s1.output_dim = 128;
+  s1.num_tensors = 512;
+  s1.top_k = 8;
+  s1.precision = Precision::fp32;
+  c.stage1.sketch_dim = 4096;
+  c.stage1.srht_block = 4096;
+  auto& s2 = c.stage2.htfr;
+  s2.input_dim = 1024;
+  s2.num_tensors = 1024;
+  s2.top_k = 12;
+  s2.precision = Precision::fp32;
+  c.stage2.sketch_dim = 2048;
+  c.stage2.srht_block = 2048;
+  c.batch_streams = 64;
+  return c;
+}
+
+namespace {
+
+template <typename E, std::size_t N>
+E enum_from(const std::string& key, const std::string& text, const E (&values)[N],
+            const char* (*name)(E)) {
+  for (E v : values)
+    if (text == name(v)) return v;
+  std::string allowed;
+  for (E v : values) allowed += std::string(allowed.empty() ? "" : ", ") + name(v);
+  throw InvalidArgument("config: '" + key + "' is '" + text + "'; allowed: " + allowed);
+}
+
+const char* reduction_name(Reduction r) { return r == Reduction::sum ? "sum" : "mean"; }
+
+json htfr_to_json(const HtfrConfig& c) {
+  return json{{"input_dim", c.input_dim},
+              {"output_dim", c.output_dim},
+              {"num_tensors", c.num_tensors},
+              {"top_k", c.top_k},
+              {"weighting", to_string(c.weighting)},
+              {"interpolation", to_string(c.interpolation)},
+              {"loss", to_string(c.loss)},
+              {"ce_weight", c.ce_weight},
+              {"kl_weight", c.kl_weight},
+              {"reduction", reduction_name(c.reduction)},
+              {"optimizer", to_string(c.optimizer)},
+              {"lr", c.lr},
+              {"lr_geometry", c.lr_geometry},
+              {"lr_tau", c.lr_tau},
+              {"band_gamma", c.band_gamma},
+              {"geometry_clip", c.geometry_clip},
+              {"locality_gradient", c.locality_gradient},
+              {"adam_beta1", c.adam_beta1},
+              {"adam_beta2", c.adam_beta2},
+              {"adam_eps", c.adam_eps},
+              {"precision", to_string(c.precision)},
+              {"check_finite", c.check_finite}};
+}
+
+/// Reads `j[key]` into `out` when present, with a typed error naming the key.
+template <typename T>
+void read_key(const json& j, const std::string& path, const char* key, T& out) {
+  const auto it = j.find(key);
+  if (it == j.end()) return;
+  try {
+    out = it->template get<T>();
+  } catch (const json::exception&) {
+    throw InvalidArgument("config: '" + path + key + "' has the wrong type (" +
+                          std::string(it->type_name()) + ")");
+  }
+}
+
+void check_keys(const json& j, const std::string& path, std::initializer_list<const char*> keys) {
+  HTFR_REQUIRE(j.is_object(), InvalidArgument, "config: '" << path << "' must be an object");
+  for (const auto& item : j.items()) {
+    bool known = false;
+    for (const char* k : keys) known = known || item.key() == k;
+    HTFR_REQUIRE(known, InvalidArgument, "config: unknown key '" << path << item.key() << "'");
+  }
+}
+
+void htfr_from_json(const json& j, const std::string& path, HtfrConfig& c) {
+  check_keys(j, path,
+             {"input_dim", "output_dim", "num_tensors", "top_k", "weighting", "interpolation",
+              "loss", "ce_weight", "kl_weight", "reduction", "optimizer", "lr", "lr_geometry",
+              "lr_tau", "band_gamma", "geometry_clip", "locality_gradient", "adam_beta1",
+              "adam_beta2", "adam_eps", "precision", "check_finite"});
+  read_key(j, path, "input_dim", c.input_dim);
+  read_key(j, path, "output_dim", c.output_dim);
+  read_key(j, path, "num_tensors", c.num_tensors);
+  read_key(j, path, "top_k", c.top_k);
+  read_key(j, path, "ce_weight", c.ce_weight);
+  read_key(j, path, "kl_weight", c.kl_weight);
+  read_key(j, path, "lr", c.lr);
+  read_key(j, path, "lr_geometry", c.lr_geometry);
+  read_key(j, path, "lr_tau", c.lr_tau);
+  read_key(j, path, "band_gamma", c.band_gamma);
+  read_key(j, path, "geometry_clip", c.geometry_clip);
+  read_key(j, path, "locality_gradient", c.locality_gradient);
+  read_key(j, path, "adam_beta1", c.adam_beta1);
+  read_key(j, path, "adam_beta2", c.adam_beta2);
+  read_key(j, path, "adam_eps", c.adam_eps);
+  read_key(j, path, "check_finite", c.check_finite);
+  std::string text;
+  if (j.contains("weighting")) {
+    read_key(j, path, "weighting", text);
+    const Weighting all[] = {Weighting::softmax, Weighting::inverse_distance, Weighting::triangular,
+                             Weighting::epanechnikov};
+    c.weighting = enum_from(path + "weighting", text, all, to_string);
+  }
+  if (j.contains("interpolation")) {
+    read_key(j, path, "interpolation", text);
+    const Interpolation all[] = {Interpolation::linear, Interpolation::hermite};
+    c.interpolation = enum_from(path + "interpolation", text, all, to_string);
+  }
+  if (j.contains("loss")) {
+    read_key(j, path, "loss", text);
+    const Loss all[] = {Loss::mse, Loss::cross_entropy, Loss::kl, Loss::mixed};
+    c.loss = enum_from(path + "loss", text, all, to_string);
+  }
+  if (j.contains("reduction")) {
+    read_key(j, path, "reduction", text);
+    const Reduction all[] = {Reduction::sum, Reduction::mean};
+    c.reduction = enum_from(path + "reduction", text, all, reduction_name);
+  }
+  if (j.contains("optimizer")) {
+    read_key(j, path, "optimizer", text);
+    const Optimizer all[] = {Optimizer::sgd, Optimizer::adam};
+    c.optimizer = enum_from(path + "optimizer", text, all, to_string);
+  }
+  if (j.contains("precision")) {
+    read_key(j, path, "precision", text);
+    const Precision all[] = {Precision::fp32, Precision::tf32, Precision::bf16, Precision::fp16};
+    c.precision = enum_from(path + "precision", text, all, to_string);
+  }
+}
+
+json stage_to_json(const HftStageConfig& s) {
+  return json{{"htfr", htfr_to_json(s.htfr)},
+              {"sketch_dim", s.sketch_dim},
+              {"srht_block", s.srht_block},
+              {"init_offset_scale", s.init_offset_scale},
+              {"init_band", s.init_band},
+              {"init_tau", s.init_tau},
+              {"init_control_scale", s.init_control_scale}};
+}
+
+void stage_from_json(const json& j, const std::string& path, HftStageConfig& s) {
+  check_keys(j, path,
+             {"htfr", "sketch_dim", "srht_block", "init_offset_scale", "init_band", "init_tau",
+              "init_control_scale"});
+  if (j.contains("htfr")) htfr_from_json(j.at("htfr"), path + "htfr.", s.htfr);
+  read_key(j, path, "sketch_dim", s.sketch_dim);
+  read_key(j, path, "srht_block", s.srht_block);
+  read_key(j, path, "init_offset_scale", s.init_offset_scale);
+  read_key(j, path, "init_band", s.init_band);
+  read_key(j, path, "init_tau", s.init_tau);
+  read_key(j, path, "init_control_scale", s.init_control_scale);
+}
+
+json context_to_json(const ContextConfig& c) {
+  return json{{"vocab_size", c.vocab_size},       {"embedding_dim", c.embedding_dim},
+              {"window", c.window},               {"slot_decay", c.slot_decay},
+              {"embedding_weight", c.embedding_weight}, {"phase_pairs", c.phase_pairs},
+              {"phase_base", c.phase_base},       {"phase_weight", c.phase_weight},
+              {"mask_weight", c.mask_weight},     {"ngram_orders", c.ngram_orders},
+              {"bloom_size", c.bloom_size},       {"bloom_hashes", c.bloom_hashes},
+              {"bloom_weight", c.bloom_weight},   {"hash_seed", c.hash_seed},
+              {"history", c.history},             {"history_dim", c.history_dim},
+              {"history_weight", c.history_weight}, {"tail", c.tail},
+              {"tail_decay", c.tail_decay},       {"tail_weight", c.tail_weight},
+              {"stage1_weight", c.stage1_weight},
+              {"scale", c.scale},                 {"stage2_scale", c.stage2_scale}};
+}
+
+void context_from_json(const json& j, const std::string& path, ContextConfig& c) {
+  check_keys(j, path,
+             {"vocab_size", "embedding_dim", "window", "slot_decay", "embedding_weight",
+              "phase_pairs", "phase_base", "phase_weight", "mask_weight", "ngram_orders",
+              "bloom_size", "bloom_hashes", "bloom_weight", "hash_seed", "history", "history_dim",
+              "history_weight", "tail", "tail_decay", "tail_weight", "stage1_weight", "scale",
+              "stage2_scale"});
+  read_key(j, path, "vocab_size", c.vocab_size);
+  read_key(j, path, "embedding_dim", c.embedding_dim);
+  read_key(j, path, "window", c.window);
+  read_key(j, path, "slot_decay", c.slot_decay);
+  read_key(j, path, "embedding_weight", c.embedding_weight);
+  read_key(j, path, "phase_pairs", c.phase_pairs);
+  read_key(j, path, "phase_base", c.phase_base);
+  read_key(j, path, "phase_weight", c.phase_weight);
+  read_key(j, path, "mask_weight", c.mask_weight);
+  read_key(j, path, "ngram_orders", c.ngram_orders);
+  read_key(j, path, "bloom_size", c.bloom_size);
+  read_key(j, path, "bloom_hashes", c.bloom_hashes);
+  read_key(j, path, "bloom_weight", c.bloom_weight);
+  read_key(j, path, "hash_seed", c.hash_seed);
+  read_key(j, path, "history", c.history);
+  read_key(j, path, "history_dim", c.history_dim);
+  read_key(j, path, "history_weight", c.history_weight);
+  read_key(j, path, "tail", c.tail);
+  read_key(j, path, "tail_decay", c.tail_decay);
+  read_key(j, path, "tail_weight", c.tail_weight);
+  read_key(j, path, "stage1_weight", c.stage1_weight);
+  read_key(j, path, "scale", c.scale);
+  read_key(j, path, "stage2_scale", c.stage2_scale);
+}
+
+}  // namespace
+
+std::string to_json(const HftConfig& c) {
+  const json j{{"context", context_to_json(c.context)},
+               {"stage1", stage_to_json(c.stage1)},
+               {"stage2", stage_to_json(c.stage2)},
+               {"target_layers", c.target_layers},
+               {"target_clip", c.target_clip},
+               {"batch_streams", c.batch_streams},
+               {"pretrain_epochs", c.pretrain_epochs},
+               {"finetune_epochs", c.finetune_epochs},
+               {"e2e_weight", c.e2e_weight},
+               {"seed", c.seed}};
+  return j.dump(2);
+}
+
+HftConfig hft_config_from_json(const std::string& text, const HftConfig& base) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    throw InvalidArgument(std::string("config: not valid JSON: ") + e.what());
+  }
+  HftConfig c = base;
+  check_keys(j, "",
+             {"context", "stage1", "stage2", "target_layers", "target_clip", "batch_streams",
+              "pretrain_epochs", "finetune_epochs", "e2e_weight", "seed"});
+  if (j.contains("context")) context_from_json(j.at("context"), "context.", c.context);
+  if (j.contains("stage1")) stage_from_json(j.at("stage1"), "stage1.", c.stage1);
+  if (j.contains("stage2")) stage_from_json(j.at("stage2"), "stage2.", c.stage2);
+  read_key(j, "", "target_layers", c.target_layers);
+  read_key(j, "", "target_clip", c.target_clip);
+  read_key(j, "", "batch_streams", c.batch_streams);
+  read_key(j, "", "pretrain_epochs", c.pretrain_epochs);
+  read_key(j, "", "finetune_epochs", c.finetune_epochs);
+  read_key(j, "", "e2e_weight", c.e2e_weight);
+  read_key(j, "", "seed", c.seed);
+  c.validate();
+  return c;
+}
+
+const char* to_string(HftMode mode) {
+  switch (mode) {
+    case HftMode::teacher_free: return "teacher_free";
+    case HftMode::teacher_assisted: return "teacher_assisted";
+    case HftMode::leaky: return "leaky";
+  }
+  return "?";
+}
+
+HftMode hft_mode_from_string(const std::string& name) {
+  const HftMode all[] = {HftMode::teacher_free, HftMode::teacher_assisted, HftMode::leaky};
+  return enum_from("mode", name, all, to_string);
+}
+
+// ---------------------------------------------------------------- compact embedding
+
+std::vector<float> read_compact_embedding(const std::string& path, const CaptureManifest& m) {
+  HTFR_NVTX_RANGE("htfr::read_compact_embedding");
+  const SafetensorsReader r(path);
+  const auto meta = [&](const std::string& key) {
+    const auto it = r.metadata().find(key);
+    HTFR_REQUIRE(it != r.metadata().end(), FormatError,
+                 path << " lacks metadata '" << key << "'");
+    return it->second;
+  };
+  HTFR_REQUIRE(meta("format") == "htfr-compact-embedding", FormatError,
+               path << " is not a compact embedding file (format '" << meta("format") << "')");
+  HTFR_REQUIRE(meta("version") == "1", FormatError,
+               path << ": unsupported version " << meta("version"));
+  HTFR_REQUIRE(meta("model_sha256") == m.model.sha256, InvalidArgument,
+               path << " was made from another teacher file (" << meta("model_sha256")
+                    << ") than the capture (" << m.model.sha256 << ")");
+  const auto& ids = m.compact_vocab.token_ids;
+  std::string bytes(ids.size() * 4, '\0');
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const uint32_t v = static_cast<uint32_t>(ids[i]);
+    for (int b = 0; b < 4; ++b) bytes[i * 4 + b] = static_cast<char>((v >> (8 * b)) & 0xff);
+  }
+  HTFR_REQUIRE(meta("compact_vocab_sha256") == sha256_hex(bytes), InvalidArgument,
+               path << " belongs to another compact vocabulary than the capture's");
+  return r.read_as<float>("embedding", ElementType::f32,
+                          {m.compact_vocab.size, m.model.hidden_size});
+}
+
+// ---------------------------------------------------------------- model
+
+namespace detail {
+HtfrConfig stage_htfr_config(const HftStageConfig& stage) { return stage.htfr; }
+}  // namespace detail
+
+HftModel::Impl::~Impl() {
+  stage1.reset();
+  stage2.reset();
+  if (stream) {
+    detail::DeviceGuard guard(device);
+    cudaStreamDestroy(stream);
+  }
+}
+
+void HftModel::Impl::init_runtime() {
+  if (backend == Backend::cuda) {
+    detail::require_cuda_device(device);
+    detail::DeviceGuard guard(device);
+    HTFR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  }
+  builder = std::make_unique<ContextBuilder>(config.context, embedding, backend, device);
+  ws = HftWorkspace{};
+  auto make = [&](detail::BackendArray<float>& a) { a = detail::BackendArray<float>(backend, device, 0); };
+  for (auto* a : {&ws.raw1, &ws.x1, &ws.y1, &ws.t1, &ws.t1e, &ws.raw2, &ws.x2, &ws.q, &ws.g2,
+                  &ws.graw2, &ws.gy1, &ws.loss1, &ws.loss2, &ws.metrics, &ws.cosine, &ws.history})
+    make(*a);
+  ws.row_stream = detail::BackendArray<int32_t>(backend, device, 0);
+  ws.row_position = detail::BackendArray<int32_t>(backend, device, 0);
+  ws.row_target = detail::BackendArray<int32_t>(backend, device, 0);
+  ws.row_index = detail::BackendArray<int64_t>(backend, device, 0);
+}
+
+HftModel::HftModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HftModel::HftModel(HftModel&&) noexcept = default;
+HftModel& HftModel::operator=(HftModel&&) noexcept = default;
+HftModel::~HftModel() = default;
+
+const HftConfig& HftModel::config() const { return impl_->config; }
+int64_t HftModel::epochs_done() const { return impl_->epochs_done; }
+int64_t HftModel::steps_done() const { return impl_->steps_done; }
+Backend HftModel::backend() const { return impl_->backend; }
+
+std::size_t HftModel::parameter_bytes() const {
+  return impl_->stage1->pool().bytes() + impl_->stage2->pool().bytes();
+}
+
+namespace {
+
+/// The hidden layers of `rows` capture rows starting at `first` of one shard, standardised and
+/// clipped, as rows x (layers * hidden) floats.
+std::vector<float> standardised_hidden(const CaptureReader& reader, std::size_t shard,
+                                       const std::vector<int>& layers, int64_t hidden,
+                                       const std::vector<float>& mean,
+                                       const std::vector<float>& stdev, float clip) {
+  const int64_t L = static_cast<int64_t>(layers.size());
+  const int64_t P = reader.manifest().shards[shard].positions;
+  std::vector<float> out(static_cast<std::size_t>(P * L * hidden));
+  for (int64_t l = 0; l < L; ++l) {
+    const std::vector<uint16_t> h = reader.read_hidden(shard, layers[l]);
+    for (int64_t r = 0; r < P; ++r)
+      for (int64_t k = 0; k < hidden; ++k) {
+        const int64_t c = l * hidden + k;
+        float v = (half_to_float(h[r * hidden + k]) - mean[c]) / stdev[c];
+        v = std::min(std::max(v, -clip), clip);
+        out[(r * L + l) * hidden + k] = v;
+      }
+  }
+  return out;
+}
+
+void check_capture(const CaptureManifest& m, const HftConfig& c, const std::string& what) {
+  for (int layer : c.target_layers)
+    HTFR_REQUIRE(std::find(m.layers.begin(), m.layers.end(), layer) != m.layers.end(),
+                 InvalidArgument,
+                 what << " has no hidden layer " << layer << " (target_layers of the config)");
+  HTFR_REQUIRE(m.compact_vocab.size == c.context.vocab_size, InvalidArgument,
+               what << " has a compact vocabulary of " << m.compact_vocab.size
+                    << " classes; the config has " << c.context.vocab_size);
+  HTFR_REQUIRE(m.model.hidden_size == c.context.embedding_dim, InvalidArgument,
+               what << " has hidden size " << m.model.hidden_size
+                    << "; the config's embedding_dim is " << c.context.embedding_dim);
+}
+
+std::unique_ptr<HtfrModel> make_stage(const HftStageConfig& s, Backend backend, int device,
+                                      uint64_t seed) {
+  HyperTensorPool pool =
+      HyperTensorPool::create(backend, s.htfr.num_tensors, s.htfr.input_dim, s.htfr.output_dim,
+                              s.htfr.precision == Precision::bf16 || s.htfr.precision == Precision::fp16
+                                  ? s.htfr.precision
+                                  : Precision::fp32,
+                              device);
+  pool.init_random(seed, s.init_offset_scale, s.init_band, s.init_tau, s.init_control_scale);
+  return std::make_unique<HtfrModel>(s.htfr, std::move(pool));
+}
+
+}  // namespace
+
+HftModel HftModel::create(const HftConfig& config, const std::vector<float>& embedding,
+                          const CaptureReader& train, Backend backend, int device) {
+  HTFR_NVTX_RANGE("htfr::HftModel::create");
+  config.validate();
+  const CaptureManifest& m = train.manifest();
+  check_capture(m, config, train.directory());
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  impl->backend = backend;
+  impl->device = device;
+  impl->model_sha256 = m.model.sha256;
+  impl->hidden_size = m.model.hidden_size;
+  impl->vocab_size = m.compact_vocab.size;
+  impl->compact_token_ids.assign(m.compact_vocab.token_ids.begin(), m.compact_vocab.token_ids.end());
+  impl->bos_id = static_cast<int32_t>(m.tokenizer.bos_id);
+  impl->embedding = embedding;
+  impl->init_runtime();
+
+  // Target statistics: per channel mean and standard deviation over the first shard, positions
+  // >= 1 (position 0 always reads BOS and saturates one channel; its rows are clipped instead).
+  const int64_t L = static_cast<int64_t>(config.target_layers.size()), Hd = m.model.hidden_size;
+  {
+    const CaptureShard shard = train.read_shard(0);
+    std::vector<double> sum(L * Hd, 0.0), sum2(L * Hd, 0.0);
+    int64_t n = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      const auto& h = shard.hidden.at(config.target_layers[l]);
+      for (int64_t r = 0; r < shard.positions; ++r) {
+        if (shard.position[r] == 0) continue;
+        if (l == 0) ++n;
+        for (int64_t k = 0; k < Hd; ++k) {
+          const double v = half_to_float(h[r * Hd + k]);
+          sum[l * Hd + k] += v;
+          sum2[l * Hd + k] += v * v;
+        }
+      }
+    }
+    HTFR_REQUIRE(n >= 2, InvalidArgument,
+                 train.directory() << ": too few rows in the first shard for target statistics");
+    impl->target_mean.resize(L * Hd);
+    impl->target_std.resize(L * Hd);
+    for (int64_t c = 0; c < L * Hd; ++c) {
+      const double mu = sum[c] / n, var = std::max(sum2[c] / n - mu * mu, 0.0);
+      impl->target_mean[c] = static_cast<float>(mu);
+      impl->target_std[c] = static_cast<float>(std::max(std::sqrt(var), 1e-3));
+    }
+  }
+  const uint64_t seed = config.seed;
+  const int64_t H = config.context.history_dim;
+  impl->target_proj = ProjectionStack(backend, device);
+  impl->target_proj.add(BlockSrht::create(backend, L * Hd, H, 0, seed ^ 0x7a11u, device));
+  const ContextLayout layout = impl->builder->layout();
+  impl->proj1 = ProjectionStack(backend, device);
+  impl->proj1.add(CountSketch::create(backend, layout.stage1_dim, config.stage1.sketch_dim,
+                                      seed ^ 0x51u, device));
+  impl->proj1.add(BlockSrht::create(backend, config.stage1.sketch_dim,
+                                    config.stage1.htfr.input_dim, config.stage1.srht_block,
+                                    seed ^ 0x52u, device));
+  impl->proj2 = ProjectionStack(backend, device);
+  impl->proj2.add(CountSketch::create(backend, layout.stage2_dim, config.stage2.sketch_dim,
+                                      seed ^ 0x53u, device));
+  impl->proj2.add(BlockSrht::create(backend, config.stage2.sketch_dim,
+                                    config.stage2.htfr.input_dim, config.stage2.srht_block,
+                                    seed ^ 0x54u, device));
+  impl->stage1 = make_stage(config.stage1, backend, device, seed ^ 0x101u);
+  impl->stage2 = make_stage(config.stage2, backend, device, seed ^ 0x102u);
+  HftModel model(std::move(impl));
+
+  // Feature scales: mean squared norm of the projected inputs = their dimension, measured on a
+  // sample of the training rows (Stage 2 with the Stage 1 targets as embeddings).
+  {
+    Impl& I = *model.impl_;
+    I.builder->set_scales(1.0f, 1.0f);
+    I.config.context.scale = 1.0f;
+    I.config.context.stage2_scale = 1.0f;
+    const HftData sample = model.load_data(train, std::min<int64_t>(train.positions(), 8192));
+    const auto& D = *sample.impl_;
+    std::vector<int32_t> streams, positions;
+    std::vector<int64_t> index;
+    for (int64_t s = 0; s < D.streams && static_cast<int64_t>(index.size()) < 512; ++s)
+      for (int32_t p = 0; p < D.length[s]; p += 7) {
+        streams.push_back(static_cast<int32_t>(s));
+        positions.push_back(p);
+        index.push_back(D.first_row[s] + p);
+      }
+    const int64_t B = static_cast<int64_t>(index.size());
+    I.ws.history.resize(D.streams * config.context.history * H);
+    I.ws.row_stream.resize(B);
+    I.ws.row_position.resize(B);
+    I.ws.row_index.resize(B);
+    I.ws.row_stream.upload(streams.data(), B, 0, I.stream);
+    I.ws.row_position.upload(positions.data(), B, 0, I.stream);
+    I.ws.row_index.upload(index.data(), B, 0, I.stream);
+    ContextRows rows{D.tokens.data(), D.stride, I.ws.history.data(), I.ws.row_stream.data(),
+                     I.ws.row_position.data(), B};
+    const auto mean_square = [&](detail::BackendArray<float>& a, int64_t width) {
+      const std::vector<float> h = a.download(0, B * width, I.stream);
+      double s = 0;
+      for (float v : h) s += double(v) * v;
+      return s / B;
+    };
+    I.ws.raw1.resize(B * layout.stage1_dim);
+    I.ws.x1.resize(B * config.stage1.htfr.input_dim);
+    I.builder->stage1(rows, I.ws.raw1.data(), I.stream);
+    I.proj1.apply(I.ws.raw1.data(), I.ws.x1.data(), DType::f32, B, I.stream);
+    const double ms1 = mean_square(I.ws.x1, config.stage1.htfr.input_dim);
+    I.ws.t1.resize(B * H);
+    if (I.backend == Backend::cuda)
+      detail::launch_gather_rows(D.stage1_target.data(), H, I.ws.row_index.data(), B,
+                                 I.ws.t1.data(), I.stream);
+    else
+      for (int64_t r = 0; r < B; ++r)
+        std::copy_n(D.stage1_target.data() + index[r] * H, H, I.ws.t1.data() + r * H);
+    I.ws.raw2.resize(B * layout.stage2_dim);
+    I.ws.x2.resize(B * config.stage2.htfr.input_dim);
+    I.builder->stage2(rows, I.ws.t1.data(), I.ws.raw2.data(), I.stream);
+    I.proj2.apply(I.ws.raw2.data(), I.ws.x2.data(), DType::f32, B, I.stream);
+    const double ms2 = mean_square(I.ws.x2, config.stage2.htfr.input_dim);
+    HTFR_REQUIRE(ms1 > 0 && ms2 > 0, InvalidArgument, "HFT: the sample features are all zero");
+    const float s1 = static_cast<float>(std::sqrt(config.stage1.htfr.input_dim / ms1));
+    const float s2 = static_cast<float>(std::sqrt(config.stage2.htfr.input_dim / ms2));
+    I.builder->set_scales(s1, s2);
+    I.config.context.scale = s1;
+    I.config.context.stage2_scale = s2;
+  }
+  return model;
+}
+
+// ---------------------------------------------------------------- data
+
+HftData::HftData(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HftData::HftData(HftData&&) noexcept = default;
+HftData& HftData::operator=(HftData&&) noexcept = default;
+HftData::~HftData() = default;
+int64_t HftData::streams() const { return impl_->streams; }
+int64_t HftData::rows() const { return impl_->rows; }
+int64_t HftData::scored_rows() const { return impl_->scored_rows; }
+const std::vector<int32_t>& HftData::targets() const { return impl_->target; }
+const std::vector<int64_t>& HftData::stream_first_row() const { return impl_->first_row; }
+const std::vector<int32_t>& HftData::stream_length() const { return impl_->length; }
+const std::vector<uint8_t>& HftData::scored() const { return impl_->scored; }
+
+HftData HftModel::load_data(const CaptureReader& capture, int64_t max_positions) const {
+  HTFR_NVTX_RANGE("htfr::HftModel::load_data");
+  const Impl& I = *impl_;
+  const CaptureManifest& m = capture.manifest();
+  check_capture(m, I.config, capture.directory());
+  HTFR_REQUIRE(m.model.sha256 == I.model_sha256, InvalidArgument,
+               capture.directory() << " was captured from another teacher file than the model's");
+  HTFR_REQUIRE(std::vector<int32_t>(m.compact_vocab.token_ids.begin(),
+                                    m.compact_vocab.token_ids.end()) == I.compact_token_ids,
+               InvalidArgument,
+               capture.directory() << " uses another compact vocabulary than the model");
+  std::unordered_map<int32_t, int32_t> compact;
+  for (std::size_t c = 0; c < I.compact_token_ids.size(); ++c)
+    compact[I.compact_token_ids[c]] = static_cast<int32_t>(c);
+  const int32_t unk = static_cast<int32_t>(m.compact_vocab.unk_index);
+
+  auto d = std::make_unique<HftData::Impl>();
+  d->backend = I.backend;
+  d->device = I.device;
+  d->stride = m.window;
+  const int64_t V = I.vocab_size, H = I.config.context.history_dim;
+  const int64_t limit = max_positions > 0 ? std::min(max_positions, m.positions) : m.positions;
+  // First pass: the integer tensors, to find whole windows within the limit.
+  std::vector<CaptureShard> shards;
+  int64_t rows = 0;
+  for (std::size_t s = 0; s < capture.shard_count() && rows < limit; ++s) {
+    shards.push_back(capture.read_shard(s));
+    shards.back().hidden.clear();
+    rows += shards.back().positions;
+  }
+  std::vector<int32_t> window_of, position_of, token_of;
+  for (const auto& sh : shards)
+    for (int64_t r = 0; r < sh.positions; ++r) {
+      window_of.push_back(sh.window[r]);
+      position_of.push_back(sh.position[r]);
+      token_of.push_back(sh.token[r]);
+      d->target.push_back(sh.target_compact[r]);
+      d->scored.push_back(sh.scored[r]);
+    }
+  // Cut at the last window start at or before the limit.
+  int64_t used = std::min<int64_t>(limit, static_cast<int64_t>(window_of.size()));
+  if (used < static_cast<int64_t>(window_of.size())) {
+    while (used > 0 && position_of[used] != 0) --used;
+  }
+  HTFR_REQUIRE(used > 0, InvalidArgument,
+               capture.directory() << ": no whole window within " << limit << " positions");
+  d->rows = used;
+  d->target.resize(used);
+  d->scored.resize(used);
+  for (int64_t r = 0; r < used; ++r) {
+    if (position_of[r] == 0) {
+      d->first_row.push_back(r);
+      d->length.push_back(0);
+    }
+    HTFR_REQUIRE(!d->first_row.empty() && position_of[r] == d->length.back(), FormatError,
+                 capture.directory() << ": row " << r << " breaks the window order");
+    ++d->length.back();
+  }
+  d->streams = static_cast<int64_t>(d->first_row.size());
+  d->scored_rows = std::count(d->scored.begin(), d->scored.end(), uint8_t{1});
+  d->host_tokens.assign(d->streams * d->stride, unk);
+  for (int64_t s = 0; s < d->streams; ++s)
+    for (int32_t p = 0; p < d->length[s]; ++p) {
+      const auto it = compact.find(token_of[d->first_row[s] + p]);
+      d->host_tokens[s * d->stride + p] = it == compact.end() ? unk : it->second;
+    }
+  cudaStream_t stream = I.stream;
+  d->tokens = detail::BackendArray<int32_t>(I.backend, I.device, d->streams * d->stride);
+  d->tokens.upload(d->host_tokens.data(), d->streams * d->stride, 0, stream);
+  d->target_dev = detail::BackendArray<int32_t>(I.backend, I.device, used);
+  d->target_dev.upload(d->target.data(), used, 0, stream);
+  d->teacher = detail::BackendArray<uint16_t>(I.backend, I.device, used * V);
+  d->stage1_target = detail::BackendArray<float>(I.backend, I.device, used * H);
+  // Second pass, shard by shard: teacher log-probabilities and Stage 1 targets.
+  const int64_t L = static_cast<int64_t>(I.config.target_layers.size());
+  detail::BackendArray<float> hidden_dev(I.backend, I.device, 0);
+  int64_t at = 0;
+  for (std::size_t s = 0; s < shards.size() && at < used; ++s) {
+    const int64_t take = std::min<int64_t>(shards[s].positions, used - at);
+    d->teacher.upload(shards[s].compact_logprobs.data(), take * V, at * V, stream);
+    const std::vector<float> z =
+        standardised_hidden(capture, s, I.config.target_layers, I.hidden_size, I.target_mean,
+                            I.target_std, I.config.target_clip);
+    hidden_dev.reserve(take * L * I.hidden_size);
+    hidden_dev.upload(z.data(), take * L * I.hidden_size, 0, stream);
+    I.target_proj.apply(hidden_dev.data(), d->stage1_target.data() + at * H, DType::f32, take,
+                        stream);
+    if (I.backend == Backend::cuda) HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
+    shards[s].compact_logprobs.clear();
+    shards[s].compact_logprobs.shrink_to_fit();
+    at += take;
+  }
+  return HftData(std::move(d));
+}
+
+// ---------------------------------------------------------------- training and evaluation
+
+namespace {
+
+/// The rows of one step: streams of a group still running at position p.
+struct StepRows {
+  std::vector<int32_t> stream, position;
+  std::vector<int64_t> index;
+};
+
+/// Steps of one pass over `order` (stream ids) in groups of `group` streams, positions in order.
+std::vector<StepRows> plan_steps(const HftData::Impl& d, const std::vector<int32_t>& order,
+                                 int64_t group) {
+  std::vector<StepRows> steps;
+  for (std::size_t g = 0; g < order.size(); g += group) {
+    const std::size_t end = std::min(order.size(), g + static_cast<std::size_t>(group));
+    int32_t longest = 0;
+    for (std::size_t i = g; i < end; ++i) longest = std::max(longest, d.length[order[i]]);
+    for (int32_t p = 0; p < longest; ++p) {
+      StepRows s;
+      for (std::size_t i = g; i < end; ++i) {
+        const int32_t st = order[i];
+        if (p >= d.length[st]) continue;
+        s.stream.push_back(st);
+        s.position.push_back(p);
+        s.index.push_back(d.first_row[st] + p);
+      }
+      steps.push_back(std::move(s));
+    }
+  }
+  return steps;
+}
+
+}  // namespace
+
+namespace {
+
+/// Runs the per-row kernels on either backend (the CPU twins are the straightforward loops).
+struct RowOps {
+  Backend backend;
+  cudaStream_t stream;
+
+  void gather(const float* src, int64_t width, const int64_t* index, int64_t rows,
+              float* dst) const {
+    if (backend == Backend::cuda) return detail::launch_gather_rows(src, width, index, rows, dst, stream);
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(src + index[r] * width, width, dst + r * width);
+  }
+  void gather_int(const int32_t* src, const int64_t* index, int64_t rows, int32_t* dst) const {
+    if (backend == Backend::cuda) return detail::launch_gather_int(src, index, rows, dst, stream);
+    for (int64_t r = 0; r < rows; ++r) dst[r] = src[index[r]];
+  }
+  void teacher_probs(const uint16_t* lp, int64_t width, const int64_t* index, int64_t rows,
+                     float* probs) const {
+    if (backend == Backend::cuda)
+      return detail::launch_teacher_probs(lp, width, index, rows, probs, stream);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < width; ++c)
+        probs[r * width + c] = std::exp(half_to_float(lp[index[r] * width + c]));
+  }
+  void history_write(const float* y, const int32_t* streams, const int32_t* positions,
+                     int64_t rows, int64_t R, int64_t H, float* ring) const {
+    if (backend == Backend::cuda)
+      return detail::launch_history_write(y, streams, positions, rows, R, H, ring, stream);
+    if (R == 0) return;
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(y + r * H, H, ring + (int64_t(streams[r]) * R + positions[r] % R) * H);
+  }
+  void axpy(const float* a, float alpha, const float* b, int64_t n, float* out) const {
+    if (backend == Backend::cuda) return detail::launch_axpy(a, alpha, b, n, out, stream);
+    for (int64_t i = 0; i < n; ++i) out[i] = a[i] + alpha * b[i];
+  }
+  void row_metrics(const float* logits, const uint16_t* lp, const int64_t* index,
+                   const int32_t* target, int64_t rows, int64_t width, float* m) const {
+    if (backend == Backend::cuda)
+      return detail::launch_row_metrics(logits, lp, index, target, rows, width, m, stream);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* z = logits + r * width;
+      const uint16_t* q = lp + index[r] * width;
+      int64_t s_arg = 0, t_arg = 0;
+      for (int64_t c = 1; c < width; ++c) {
+        if (z[c] > z[s_arg]) s_arg = c;
+        if (half_to_float(q[c]) > half_to_float(q[t_arg])) t_arg = c;
+      }
+      double sum = 0;
+      for (int64_t c = 0; c < width; ++c) sum += std::exp(double(z[c]) - z[s_arg]);
+      const double lse = z[s_arg] + std::log(sum);
+      double kl = 0;
+      for (int64_t c = 0; c < width; ++c) {
+        const double lq = half_to_float(q[c]), pq = std::exp(lq);
+        if (pq > 0) kl += pq * (lq - (z[c] - lse));
+      }
+      float* out = m + r * detail::kRowMetrics;
+      out[detail::kStudentLogp] = static_cast<float>(z[target[r]] - lse);
+      out[detail::kTeacherLogp] = half_to_float(q[target[r]]);
+      out[detail::kKl] = static_cast<float>(kl);
+      out[detail::kTop1] = s_arg == t_arg ? 1.0f : 0.0f;
+      out[detail::kTargetTop1] = s_arg == target[r] ? 1.0f : 0.0f;
+    }
+  }
+  void row_cosine(const float* y, const float* t, int64_t rows, int64_t width, float* c) const {
+    if (backend == Backend::cuda) return detail::launch_row_cosine(y, t, rows, width, c, stream);
+    for (int64_t r = 0; r < rows; ++r) {
+      double yy = 0, tt = 0, yt = 0;
+      for (int64_t k = 0; k < width; ++k) {
+        const double a = y[r * width + k], b = t[r * width + k];
+        yy += a * a;
+        tt += b * b;
+        yt += a * b;
+      }
+      c[r] = (yy > 0 && tt > 0) ? static_cast<float>(yt / std::sqrt(yy * tt)) : 0.0f;
+    }
+  }
+};
+
+void sync(Backend backend, int device, cudaStream_t stream) {
+  if (backend != Backend::cuda) return;
+  detail::DeviceGuard guard(device);
+  HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+/// Uploads every step's row arrays of a pass at once; returns each step's offset.
+std::vector<int64_t> upload_plan(HftWorkspace& ws, const std::vector<StepRows>& steps,
+                                 cudaStream_t stream) {
+  std::vector<int32_t> st, po;
+  std::vector<int64_t> ix, offsets;
+  for (const auto& s : steps) {
+    offsets.push_back(static_cast<int64_t>(ix.size()));
+    st.insert(st.end(), s.stream.begin(), s.stream.end());
+    po.insert(po.end(), s.position.begin(), s.position.end());
+    ix.insert(ix.end(), s.index.begin(), s.index.end());
+  }
+  const int64_t n = static_cast<int64_t>(ix.size());
+  ws.row_stream.reserve(n);
+  ws.row_position.reserve(n);
+  ws.row_index.reserve(n);
+  ws.row_stream.upload(st.data(), n, 0, stream);
+  ws.row_position.upload(po.data(), n, 0, stream);
+  ws.row_index.upload(ix.data(), n, 0, stream);
+  return offsets;
+}
+
+void reserve_batch(HftWorkspace& ws, const HftConfig& c, const ContextLayout& l, int64_t B) {
+  const int64_t H = c.context.history_dim, V = c.context.vocab_size;
+  ws.raw1.reserve(B * l.stage1_dim);
+  ws.x1.reserve(B * c.stage1.htfr.input_dim);
+  ws.y1.reserve(B * H);
+  ws.t1.reserve(B * H);
+  ws.t1e.reserve(B * H);
+  ws.raw2.reserve(B * l.stage2_dim);
+  ws.x2.reserve(B * c.stage2.htfr.input_dim);
+  ws.q.reserve(B * V);
+  ws.g2.reserve(B * c.stage2.htfr.input_dim);
+  ws.graw2.reserve(B * l.stage2_dim);
+  ws.gy1.reserve(B * H);
+  ws.loss1.reserve(B);
+  ws.loss2.reserve(B);
+  ws.row_target.reserve(B);
+  ws.metrics.reserve(B * detail::kRowMetrics);
+  ws.cosine.reserve(B);
+}
+
+}  // namespace
+
+void HftModel::train_epoch(const HftData& data, bool finetune,
+                           const std::function<void(const HftTrainProgress&)>& progress) {
+  HTFR_NVTX_RANGE("htfr::HftModel::train_epoch");
+  Impl& I = *impl_;
+  const auto& D = *data.impl_;
+  HTFR_REQUIRE(D.backend == I.backend && D.device == I.device, WrongDevice,
+               "HFT: data loaded for another backend or device");
+  const HftConfig& c = I.config;
+  const ContextLayout& layout = I.builder->layout();
+  const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;
+  cudaStream_t stream = I.stream;
+  const RowOps ops{I.backend, stream};
+
+  std::vector<int32_t> order(D.streams);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(c.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(I.epochs_done));
+  std::shuffle(order.begin(), order.end(), rng);
+  const std::vector<StepRows> steps = plan_steps(D, order, c.batch_streams);
+  reserve_batch(I.ws, c, layout, c.batch_streams);
+  I.ws.history.reserve(D.streams * R * H);
+  I.ws.history.zero(stream);
+  const std::vector<int64_t> offsets = upload_plan(I.ws, steps, stream);
+
+  const bool stage2_mean = c.stage2.htfr.reduction == Reduction::mean;
+  const auto start = std::chrono::steady_clock::now();
+  HftTrainProgress pr;
+  pr.epoch = I.epochs_done;
+  pr.finetune = finetune;
+  pr.epoch_total = D.rows;
+  for (std::size_t k = 0; k < steps.size(); ++k) {
+    const int64_t B = static_cast<int64_t>(steps[k].index.size());
+    const int32_t* rs = I.ws.row_stream.data() + offsets[k];
+    const int32_t* rp = I.ws.row_position.data() + offsets[k];
+    const int64_t* ri = I.ws.row_index.data() + offsets[k];
+    const ContextRows rows{D.tokens.data(), D.stride, I.ws.history.data(), rs, rp, B};
+    ops.gather(D.stage1_target.data(), H, ri, B, I.ws.t1.data());
+    ops.gather_int(D.target_dev.data(), ri, B, I.ws.row_target.data());
+    ops.teacher_probs(D.teacher.data(), V, ri, B, I.ws.q.data());
+    I.builder->stage1(rows, I.ws.raw1.data(), stream);
+    I.proj1.apply(I.ws.raw1.data(), I.ws.x1.data(), DType::f32, B, stream);
+    if (!finetune) {
+      I.stage1->train_step({I.ws.x1.data(), B, I.ws.t1.data(), nullptr},
+                           {I.ws.y1.data(), I.ws.loss1.data(), nullptr}, stream);
+    } else {
+      I.stage1->forward(I.ws.x1.data(), B, I.ws.y1.data(), stream);
+    }
+    ops.history_write(I.ws.y1.data(), rs, rp, B, R, H, I.ws.history.data());
+    I.builder->stage2(rows, I.ws.y1.data(), I.ws.raw2.data(), stream);
+    I.proj2.apply(I.ws.raw2.data(), I.ws.x2.data(), DType::f32, B, stream);
+    I.stage2->train_step({I.ws.x2.data(), B, I.ws.q.data(), I.ws.row_target.data()},
+                         {nullptr, I.ws.loss2.data(), finetune ? I.ws.g2.data() : nullptr},
+                         stream);
+    if (finetune) {
+      // Stage 1's per-row gradient from Stage 2: dL2/dy1 of the (reduced) Stage 2 loss, scaled
+      // back to a per-row gradient when Stage 2 averages, folded into an MSE target.
+      I.proj2.apply_adjoint(I.ws.g2.data(), I.ws.graw2.data(), B, stream);
+      I.builder->stage2_embedding_grad(I.ws.graw2.data(), B, I.ws.gy1.data(), stream);
+      const float per_row = stage2_mean ? static_cast<float>(B) : 1.0f;
+      ops.axpy(I.ws.t1.data(), -c.e2e_weight * per_row, I.ws.gy1.data(), B * H, I.ws.t1e.data());
+      I.stage1->train_step({I.ws.x1.data(), B, I.ws.t1e.data(), nullptr},
+                           {nullptr, I.ws.loss1.data(), nullptr}, stream);
+    }
+    ++I.steps_done;
+    I.tokens_seen += B;
+    pr.step = I.steps_done;
+    pr.tokens = I.tokens_seen;
+    pr.epoch_tokens += B;
+    if (progress) {
+      const bool read = k + 1 == steps.size() || k % 16 == 0;
+      pr.stage1_loss = pr.stage2_loss = std::nan("");
+      if (read) {
+        const auto l1 = I.ws.loss1.download(0, B, stream), l2 = I.ws.loss2.download(0, B, stream);
+        pr.stage1_loss = std::accumulate(l1.begin(), l1.end(), 0.0) / B;
+        pr.stage2_loss = std::accumulate(l2.begin(), l2.end(), 0.0) / B;
+      }
+      pr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      progress(pr);
+    }
+  }
+  sync(I.backend, I.device, stream);
+  ++I.epochs_done;
+}
+
+void HftModel::train(const HftData& data,
+                     const std::function<void(const HftTrainProgress&)>& progress,
+                     const std::function<void(int64_t epoch)>& after_epoch) {
+  const HftConfig& c = impl_->config;
+  while (impl_->epochs_done < c.pretrain_epochs + c.finetune_epochs) {
+    train_epoch(data, impl_->epochs_done >= c.pretrain_epochs, progress);
+    if (after_epoch) after_epoch(impl_->epochs_done);
+  }
+}
+
+HftEvalReport HftModel::evaluate(const HftData& data, HftMode mode, bool stage1_enabled,
+                                 bool tail_enabled) const {
+  HTFR_NVTX_RANGE("htfr::HftModel::evaluate");
+  Impl& I = *impl_;
+  const auto& D = *data.impl_;
+  HTFR_REQUIRE(D.backend == I.backend && D.device == I.device, WrongDevice,
+               "HFT: data loaded for another backend or device");
+  const HftConfig& c = I.config;
+  const ContextLayout& layout = I.builder->layout();
+  const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;
+  cudaStream_t stream = I.stream;
+  const RowOps ops{I.backend, stream};
+  std::vector<int32_t> order(D.streams);
+  std::iota(order.begin(), order.end(), 0);
+  const std::vector<StepRows> steps = plan_steps(D, order, c.batch_streams);
+  reserve_batch(I.ws, c, layout, c.batch_streams);
+  I.ws.history.reserve(D.streams * R * H);
+  I.ws.history.zero(stream);
+  const std::vector<int64_t> offsets = upload_plan(I.ws, steps, stream);
+  // Per-row metrics of every step, read back step by step.
+  std::vector<std::vector<float>> step_metrics(steps.size()), step_cos(steps.size());
+
+  // The no-tail ablation: a builder copy whose tail embeddings weigh nothing.
+  std::unique_ptr<ContextBuilder> no_tail;
+  if (!tail_enabled) {
+    ContextConfig cc = c.context;
+    cc.tail_weight = 0.0f;
+    no_tail = std::make_unique<ContextBuilder>(cc, I.embedding, I.backend, I.device);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t k = 0; k < steps.size(); ++k) {
+    const int64_t B = static_cast<int64_t>(steps[k].index.size());
+    const int32_t* rs = I.ws.row_stream.data() + offsets[k];
+    const int32_t* rp = I.ws.row_position.data() + offsets[k];
+    const int64_t* ri = I.ws.row_index.data() + offsets[k];
+    const ContextRows rows{D.tokens.data(), D.stride, I.ws.history.data(), rs, rp, B};
+    ops.gather(D.stage1_target.data(), H, ri, B, I.ws.t1.data());
+    ops.gather_int(D.target_dev.data(), ri, B, I.ws.row_target.data());
+    I.builder->stage1(rows, I.ws.raw1.data(), stream);
+    I.proj1.apply(I.ws.raw1.data(), I.ws.x1.data(), DType::f32, B, stream);
+    I.stage1->forward(I.ws.x1.data(), B, I.ws.y1.data(), stream);
+    ops.row_cosine(I.ws.y1.data(), I.ws.t1.data(), B, H, I.ws.cosine.data());
+    const float* ring_rows = mode == HftMode::teacher_free ? I.ws.y1.data() : I.ws.t1.data();
+    ops.history_write(ring_rows, rs, rp, B, R, H, I.ws.history.data());
+    const float* emb = !stage1_enabled ? nullptr
+                       : mode == HftMode::leaky ? I.ws.t1.data()
+                                                : I.ws.y1.data();
+    (no_tail ? *no_tail : *I.builder).stage2(rows, emb, I.ws.raw2.data(), stream);
+    I.proj2.apply(I.ws.raw2.data(), I.ws.x2.data(), DType::f32, B, stream);
+    I.stage2->forward(I.ws.x2.data(), B, I.ws.q.data(), stream);
+    ops.row_metrics(I.ws.q.data(), D.teacher.data(), ri, I.ws.row_target.data(), B, V,
+                    I.ws.metrics.data());
+    step_metrics[k] = I.ws.metrics.download(0, B * detail::kRowMetrics, stream);
+    step_cos[k] = I.ws.cosine.download(0, B, stream);
+  }
+  sync(I.backend, I.device, stream);
+  HftEvalReport rep;
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  rep.mode = mode;
+  rep.stage1_enabled = stage1_enabled;
+  rep.tail_enabled = tail_enabled;
+  double s_nll = 0, t_nll = 0, kl = 0, top1 = 0, ttop1 = 0, cov = 0, cosine_sum = 0;
+  const int32_t unk = static_cast<int32_t>(V - 1);
+  for (std::size_t k = 0; k < steps.size(); ++k)
+    for (std::size_t r = 0; r < steps[k].index.size(); ++r) {
+      const int64_t row = steps[k].index[r];
+      const float* m = step_metrics[k].data() + r * detail::kRowMetrics;
+      cosine_sum += step_cos[k][r];
+      if (!D.scored[row]) continue;
+      ++rep.tokens;
+      s_nll -= m[detail::kStudentLogp];
+      t_nll -= m[detail::kTeacherLogp];
+      kl += m[detail::kKl];
+      top1 += m[detail::kTop1];
+      ttop1 += m[detail::kTargetTop1];
+      cov += D.target[row] != unk ? 1 : 0;
+    }
+  const double n = std::max<int64_t>(rep.tokens, 1);
+  rep.student_ppl = std::exp(s_nll / n);
+  rep.teacher_ppl = std::exp(t_nll / n);
+  rep.kl = kl / n;
+  rep.top1 = top1 / n;
+  rep.target_top1 = ttop1 / n;
+  rep.coverage = cov / n;
+  rep.stage1_cosine = cosine_sum / std::max<int64_t>(D.rows, 1);
+  rep.tokens_per_s = D.rows / std::max(rep.seconds, 1e-9);
+  return rep;
+}
+
+std::string HftModel::statistics_json() const {
+  json j;
+  const auto put = [&](const char* name, const HtfrModel& m) {
+    const PoolStatistics s = m.statistics(impl_->stream);
+    j[name] = json{{"steps", s.steps},
+                   {"num_tensors", s.num_tensors},
+                   {"used_tensors", s.used_tensors},
+                   {"active_fraction", s.active_fraction},
+                   {"mean_use", s.mean_use},
+                   {"max_use", s.max_use},
+                   {"mean_abs_distance", s.mean_abs_distance}};
+  };
+  put("stage1", *impl_->stage1);
+  put("stage2", *impl_->stage2);
+  return j.dump();
+}
+
+std::vector<float> HftModel::parameters_flat() const {
+  std::vector<float> out;
+  for (const HtfrModel* m : {impl_->stage1.get(), impl_->stage2.get()}) {
+    const PoolParameters p = m->pool().download(impl_->stream);
+    for (const auto* v : {&p.normals, &p.offsets, &p.dneg, &p.dpos, &p.tau, &p.controls})
+      out.insert(out.end(), v->begin(), v->end());
+    const std::vector<float> o = m->optimizer_state(impl_->stream);
+    out.insert(out.end(), o.begin(), o.end());
+  }
+  return out;
+}
+
+}  // namespace htfr

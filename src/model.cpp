@@ -158,6 +158,27 @@ const HtfrConfig& HtfrModel::config() const { return impl_->config_; }
 const HyperTensorPool& HtfrModel::pool() const { return impl_->pool_; }
 HyperTensorPool& HtfrModel::pool() { return impl_->pool_; }
 int64_t HtfrModel::step() const { return impl_->step_; }
+
+std::vector<float> HtfrModel::optimizer_state(cudaStream_t stream) const {
+  HTFR_NVTX_RANGE("htfr::HtfrModel::optimizer_state");
+  return impl_->optimizer_state(stream);
+}
+
+void HtfrModel::restore_state(int64_t step, const std::vector<float>& state, cudaStream_t stream) {
+  HTFR_NVTX_RANGE("htfr::HtfrModel::restore_state");
+  const HtfrConfig& c = impl_->config_;
+  const std::size_t expected =
+      c.optimizer == Optimizer::adam
+          ? 2 * static_cast<std::size_t>(c.num_tensors * 3 * c.output_dim +
+                                         c.num_tensors * c.input_dim + 2 * c.num_tensors)
+          : 0;
+  HTFR_REQUIRE(step >= 0, InvalidArgument, "restore_state: step must be >= 0, got " << step);
+  HTFR_REQUIRE(state.size() == expected, InvalidArgument,
+               "restore_state: optimiser state has " << state.size() << " values, the "
+               << to_string(c.optimizer) << " optimiser of this model needs " << expected);
+  impl_->set_optimizer_state(state, stream);
+  impl_->step_ = step;
+}
 Backend HtfrModel::backend() const { return impl_->pool_.backend(); }
 
 }  // namespace htfr

@@ -829,9 +829,14 @@ void ProjectionStack::save(const std::string& path) const {
   SafetensorsWriter w;
   w.set_metadata("format", kStackFormat);
   w.set_metadata("version", "1");
-  w.set_metadata("stages", std::to_string(stages_.size()));
+  save_to(w, "");
+  w.write(path);
+}
+
+void ProjectionStack::save_to(SafetensorsWriter& w, const std::string& prefix) const {
+  w.set_metadata(prefix + "stages", std::to_string(stages_.size()));
   for (std::size_t i = 0; i < stages_.size(); ++i) {
-    const std::string p = "stage." + std::to_string(i) + ".";
+    const std::string p = prefix + "stage." + std::to_string(i) + ".";
     std::visit(
         [&](const auto& s) {
           using S = std::decay_t<decltype(s)>;
@@ -854,12 +859,31 @@ void ProjectionStack::save(const std::string& path) const {
         },
         stages_[i]);
   }
-  w.write(path);
 }
 
 ProjectionStack ProjectionStack::load(const std::string& path, Backend backend, int device) {
   HTFR_NVTX_RANGE("htfr::ProjectionStack::load");
   const SafetensorsReader r(path);
+  const auto& meta = r.metadata();
+  const auto field = [&](const std::string& key) -> const std::string& {
+    const auto it = meta.find(key);
+    HTFR_REQUIRE(it != meta.end(), FormatError, path << " lacks metadata '" << key << "'");
+    return it->second;
+  };
+  HTFR_REQUIRE(field("format") == kStackFormat, FormatError,
+               path << " is not a projection-stack checkpoint (format '" << field("format")
+                    << "')");
+  HTFR_REQUIRE(field("version") == "1", FormatError,
+               path << ": unsupported projection-stack version " << field("version"));
+  ProjectionStack stack = load_from(r, "", backend, device);
+  HTFR_REQUIRE(r.tensors().size() == 0 || stack.size() > 0, FormatError,
+               path << " holds tensors but no stages");
+  return stack;
+}
+
+ProjectionStack ProjectionStack::load_from(const SafetensorsReader& r, const std::string& prefix,
+                                           Backend backend, int device) {
+  const std::string& path = r.path();
   const auto& meta = r.metadata();
   const auto field = [&](const std::string& key) -> const std::string& {
     const auto it = meta.find(key);
@@ -880,15 +904,10 @@ ProjectionStack ProjectionStack::load(const std::string& path, Backend backend, 
                       << "'");
     return static_cast<int64_t>(v);
   };
-  HTFR_REQUIRE(field("format") == kStackFormat, FormatError,
-               path << " is not a projection-stack checkpoint (format '" << field("format")
-                    << "')");
-  HTFR_REQUIRE(field("version") == "1", FormatError,
-               path << ": unsupported projection-stack version " << field("version"));
   ProjectionStack stack(backend, device);
-  const int64_t count = number("stages");
+  const int64_t count = number(prefix + "stages");
   for (int64_t i = 0; i < count; ++i) {
-    const std::string p = "stage." + std::to_string(i) + ".";
+    const std::string p = prefix + "stage." + std::to_string(i) + ".";
     const std::string& kind = field(p + "kind");
     const int64_t in = number(p + "input_dim"), out = number(p + "output_dim");
     try {
@@ -918,8 +937,6 @@ ProjectionStack ProjectionStack::load(const std::string& path, Backend backend, 
                         ") has inconsistent parameters: " + e.what());
     }
   }
-  HTFR_REQUIRE(r.tensors().size() == 0 || count > 0, FormatError,
-               path << " holds tensors but no stages");
   return stack;
 }
 

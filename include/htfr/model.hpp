@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "htfr/config.hpp"
 #include "htfr/pool.hpp"
@@ -92,6 +93,14 @@ class HtfrModel {
 
   const HtfrConfig& config() const;
   const HyperTensorPool& pool() const;
+  /// The optimiser's state (Adam moments; empty for SGD) as one flat host vector, for
+  /// checkpoints. Synchronises `stream`.
+  std::vector<float> optimizer_state(cudaStream_t stream = nullptr) const;
+  /// Restores a checkpointed state: the step counter and the optimiser state (as returned by
+  /// optimizer_state). Throws InvalidArgument when the state's size does not fit the config.
+  /// Synchronises `stream`.
+  void restore_state(int64_t step, const std::vector<float>& optimizer_state,
+                     cudaStream_t stream = nullptr);
   /// Mutable access, e.g. to upload new parameters. Optimiser state is not reset by it.
   HyperTensorPool& pool();
   int64_t step() const;

@@ -19,6 +19,7 @@
 
 #include "htfr/config.hpp"
 #include "htfr/pool.hpp"
+#include "htfr/safetensors.hpp"
 
 namespace htfr {
 
@@ -194,6 +195,11 @@ class ProjectionStack {
   /// Restores a stack saved by save(), bit for bit, onto `backend`. Throws IoError (missing or
   /// unreadable file) or FormatError (not a projection checkpoint, inconsistent parameters).
   static ProjectionStack load(const std::string& path, Backend backend, int device = 0);
+  /// The same parameters as entries of a larger safetensors file: tensors and metadata keys
+  /// named `prefix` + "stage.<i>.<field>" and `prefix` + "stages".
+  void save_to(SafetensorsWriter& writer, const std::string& prefix) const;
+  static ProjectionStack load_from(const SafetensorsReader& reader, const std::string& prefix,
+                                   Backend backend, int device = 0);
 
  private:
   struct Workspace;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "detail/field_math.hpp"
 #include "htfr/model.hpp"
@@ -21,6 +22,11 @@ class ModelBackend {
                       cudaStream_t stream) = 0;
   virtual void forward(const float* x, int64_t rows, float* y, cudaStream_t stream) = 0;
   virtual void train_step(const Batch& batch, const StepOutputs& out, cudaStream_t stream) = 0;
+  /// Adam moments, flat: m and v of the controls (N*3*M each), of the normals (N*D each), of the
+  /// offsets and temperatures (2N each), in that order; empty for SGD. Synchronises `stream`.
+  virtual std::vector<float> optimizer_state(cudaStream_t stream) const = 0;
+  /// Replaces the moments from a vector laid out as optimizer_state(). Synchronises `stream`.
+  virtual void set_optimizer_state(const std::vector<float>& state, cudaStream_t stream) = 0;
 
   HtfrConfig config_;
   HyperTensorPool pool_;

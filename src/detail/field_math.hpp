@@ -7,11 +7,7 @@
 
 #include "htfr/config.hpp"
 
-#if defined(__CUDACC__)
-#define HTFR_HD __host__ __device__ __forceinline__
-#else
-#define HTFR_HD inline
-#endif
+#include "detail/hd.hpp"
 
 namespace htfr::detail {
 

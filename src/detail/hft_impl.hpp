@@ -1,0 +1,76 @@
+// The state behind HftModel and HftData, shared by the trainer (hft.cpp) and the checkpoint code
+// (hft_checkpoint.cpp).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "detail/backend_array.hpp"
+#include "htfr/context.hpp"
+#include "htfr/hft.hpp"
+#include "htfr/model.hpp"
+#include "htfr/projection.hpp"
+
+namespace htfr {
+
+struct HftData::Impl {
+  Backend backend = Backend::cpu;
+  int device = 0;
+  int64_t streams = 0, stride = 0, rows = 0, scored_rows = 0;
+  std::vector<int64_t> first_row;  ///< per stream
+  std::vector<int32_t> length;     ///< per stream
+  std::vector<int32_t> target;     ///< per row, compact class
+  std::vector<uint8_t> scored;     ///< per row
+  std::vector<int32_t> host_tokens;  ///< streams x stride compact input tokens (unk padded)
+  detail::BackendArray<int32_t> tokens;
+  detail::BackendArray<int32_t> target_dev;
+  detail::BackendArray<uint16_t> teacher;      ///< rows x V binary16 log-probabilities
+  detail::BackendArray<float> stage1_target;   ///< rows x H
+};
+
+/// Scratch arrays of one batch (grown on demand).
+struct HftWorkspace {
+  detail::BackendArray<float> raw1, x1, y1, t1, t1e, raw2, x2, q, g2, graw2, gy1, loss1, loss2;
+  detail::BackendArray<float> metrics, cosine;
+  detail::BackendArray<int32_t> row_stream, row_position, row_target;
+  detail::BackendArray<int64_t> row_index;
+  detail::BackendArray<float> history;
+};
+
+struct HftModel::Impl {
+  HftConfig config;
+  Backend backend = Backend::cpu;
+  int device = 0;
+  cudaStream_t stream = nullptr;  ///< owned, non-blocking (CUDA backend)
+  // Teacher identity and the compact vocabulary the model was built for.
+  std::string model_sha256;
+  int64_t hidden_size = 0;
+  int64_t vocab_size = 0;          ///< compact classes
+  std::vector<int32_t> compact_token_ids;
+  int32_t bos_id = -1;
+  std::vector<float> embedding;    ///< compact_size x hidden_size, as given
+  std::vector<float> target_mean, target_std;  ///< per channel of the concatenated layers
+  std::unique_ptr<ContextBuilder> builder;
+  ProjectionStack proj1, proj2, target_proj;
+  std::unique_ptr<HtfrModel> stage1, stage2;
+  int64_t epochs_done = 0;
+  int64_t steps_done = 0;
+  int64_t tokens_seen = 0;
+  mutable HftWorkspace ws;
+
+  Impl() = default;
+  ~Impl();
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+
+  /// Creates the stream and the builder (after config/embedding are set).
+  void init_runtime();
+};
+
+namespace detail {
+/// Builds stages' HtfrModels from pools (for create and load).
+HtfrConfig stage_htfr_config(const HftStageConfig& stage);
+}  // namespace detail
+
+}  // namespace htfr
