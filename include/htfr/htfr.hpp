@@ -2,10 +2,13 @@
 #pragma once
 
 #include "htfr/config.hpp"
+#include "htfr/context.hpp"
 #include "htfr/error.hpp"
+#include "htfr/hft.hpp"
 #include "htfr/init.hpp"
 #include "htfr/maintenance.hpp"
 #include "htfr/model.hpp"
+#include "htfr/ngram.hpp"
 #include "htfr/pool.hpp"
 #include "htfr/projection.hpp"
 #include "htfr/safetensors.hpp"
