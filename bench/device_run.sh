@@ -2,7 +2,8 @@
 # Builds htfr on a GPU machine and runs what asks for one: `tests` (the whole GoogleTest suite),
 # `sanitize` (the GPU tests under compute-sanitizer memcheck and racecheck), `bench` (bench_htfr,
 # the PyTorch baseline, bench/RESULTS.md), `projection` (bench_projection and its PyTorch baseline), `init` (bench_init: k-means and
-# data-driven initialisation at N = 131,072, D = 16,384). Logs and JSON go to $OUT (default ./out).
+# data-driven initialisation at N = 131,072, D = 16,384), `hftcapture` (teacher captures for the HFT)
+# and `hft` (HFT training and evaluation runs). Logs and JSON go to $OUT (default ./out).
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
@@ -34,7 +35,7 @@ for mode in "$@"; do
       # SANITIZERS picks the tools (default: memcheck racecheck).
       gpu_tests='Shapes/CudaParity.*:CudaDeterminism.*:CudaPool.*:CudaHalfPrecision.*:*/cuda'
       gpu_tests+=':FwhtCuda.*:SrhtCuda.*:CountSketchCuda.*:PcaCuda.*:ProjectionStackCuda.*:ProjectionAdjoint.*Gpu'
-      gpu_tests+=':*KMeansCuda*:*InitPoolCuda*'
+      gpu_tests+=':*KMeansCuda*:*InitPoolCuda*:ContextCuda.*:HftCuda.*'
       gpu_tests=${SANITIZE_FILTER:-$gpu_tests}
       for tool in ${SANITIZERS:-memcheck racecheck}; do
         filter=$gpu_tests
@@ -57,6 +58,44 @@ for mode in "$@"; do
       HTFR_COMMIT=${HTFR_COMMIT:-unknown} python3 bench/torch_projection.py --out "$OUT/torch_projection.json" 2>&1 | tee "$OUT/torch_projection.log" | tail -20 || rc=1 ;;
     init)
       HTFR_COMMIT=${HTFR_COMMIT:-unknown} "$BUILD/bench/bench_init" --out "$OUT/bench_init.json" ${INIT_ARGS:-} 2>&1 | tee "$OUT/bench_init.log" || rc=1 ;;
+    hftcapture)
+      # Teacher captures for the HFT on this GPU: the GGUF reassembled from the parts carried to
+      # /tmp/gguf, the gguf wheel from .whl, WikiText-2 from .corpus. Captures go to $CAPTURES.
+      G=/tmp/gguf/gemma-3-270m-q4_k_m.gguf
+      [ -f "$G" ] || cat /tmp/gguf/part-* > "$G"
+      echo "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  $G" | sha256sum -c - || { rc=1; continue; }
+      [ -d /tmp/site/gguf ] || python3 -m pip install -q --no-deps --target /tmp/site .whl/gguf-*.whl
+      C=${CAPTURES:-/tmp/cap}
+      cap() { PYTHONPATH=/tmp/site python3 -m tools.capture --model "$G" --device cuda --batch-windows 32 "$@"; }
+      { time cap --corpus .corpus/wiki.valid.raw --out "$C/train" --max-tokens 200000; } >"$OUT/capture_train.log" 2>&1 || rc=1
+      { time cap --corpus .corpus/wiki.test.raw --out "$C/eval" --max-tokens 50000 --compact-vocab-from "$C/train"; } >"$OUT/capture_eval.log" 2>&1 || rc=1
+      { time cap --corpus .corpus/wiki.test.raw --out "$C/test" --compact-vocab-from "$C/train"; } >"$OUT/capture_test.log" 2>&1 || rc=1
+      PYTHONPATH=/tmp/site python3 -m tools.capture.embedding --model "$G" --capture "$C/train" >"$OUT/embedding.log" 2>&1 || rc=1
+      for c in train eval test; do
+        PYTHONPATH=/tmp/site python3 -m tools.capture.perplexity "$C/$c" >"$OUT/perplexity_$c.log" 2>&1 || rc=1
+      done
+      tail -3 "$OUT"/capture_*.log "$OUT"/perplexity_*.log "$OUT/embedding.log" ;;
+    hft)
+      # HFT runs on the captures of `hftcapture`: HFT_RUNS lists name=config.json pairs; each is
+      # trained (checkpoint in /tmp), evaluated on the 50k evaluation capture with the n-gram
+      # baselines; HFT_TEST=1 also evaluates the first run on the full test split.
+      C=${CAPTURES:-/tmp/cap}
+      first=1
+      for spec in ${HFT_RUNS:-default=configs/hft-default.json}; do
+        name=${spec%%=*}; cfg=${spec#*=}
+        "$BUILD/tools/htfr" train --train "$C/train" --eval "$C/eval" --config "$cfg" \
+          --out "/tmp/$name.safetensors" --metrics "$OUT/$name.jsonl" --quiet >"$OUT/$name.train.log" 2>&1 || rc=1
+        tail -4 "$OUT/$name.train.log"
+        "$BUILD/tools/htfr" eval --checkpoint "/tmp/$name.safetensors" --capture "$C/eval" --train "$C/train" \
+          --json "$OUT/$name.eval.json" >"$OUT/$name.eval.log" 2>&1 || rc=1
+        cat "$OUT/$name.eval.log"
+        if [ "$first" = 1 ] && [ "${HFT_TEST:-0}" = 1 ]; then
+          "$BUILD/tools/htfr" eval --checkpoint "/tmp/$name.safetensors" --capture "$C/test" --train "$C/train" \
+            --no-diagnostics --json "$OUT/$name.test.json" >"$OUT/$name.test.log" 2>&1 || rc=1
+          cat "$OUT/$name.test.log"
+        fi
+        first=0
+      done ;;
     profile)
       # Per-kernel device time of a few S2 bf16 training steps at 4096 rows.
       ncu --metrics gpu__time_duration.sum --csv "$BUILD/bench/bench_htfr" --profile --shapes S2 \
