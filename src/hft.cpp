@@ -71,6 +71,9 @@ void HftConfig::validate() const {
                "epochs must be >= 0");
   HTFR_REQUIRE(std::isfinite(e2e_weight) && e2e_weight >= 0, InvalidArgument,
                "e2e_weight must be finite and >= 0");
+  HTFR_REQUIRE(std::isfinite(stage1_gain) && stage1_gain > 0 && std::isfinite(stage2_gain) &&
+                   stage2_gain > 0,
+               InvalidArgument, "stage1_gain and stage2_gain must be finite and > 0");
 }
 
 HftConfig default_hft_config() {
@@ -334,6 +337,8 @@ std::string to_json(const HftConfig& c) {
                {"pretrain_epochs", c.pretrain_epochs},
                {"finetune_epochs", c.finetune_epochs},
                {"e2e_weight", c.e2e_weight},
+               {"stage1_gain", c.stage1_gain},
+               {"stage2_gain", c.stage2_gain},
                {"seed", c.seed}};
   return j.dump(2);
 }
@@ -348,7 +353,8 @@ HftConfig hft_config_from_json(const std::string& text, const HftConfig& base) {
   HftConfig c = base;
   check_keys(j, "",
              {"context", "stage1", "stage2", "target_layers", "target_clip", "batch_streams",
-              "pretrain_epochs", "finetune_epochs", "e2e_weight", "seed"});
+              "pretrain_epochs", "finetune_epochs", "e2e_weight", "stage1_gain", "stage2_gain",
+              "seed"});
   if (j.contains("context")) context_from_json(j.at("context"), "context.", c.context);
   if (j.contains("stage1")) stage_from_json(j.at("stage1"), "stage1.", c.stage1);
   if (j.contains("stage2")) stage_from_json(j.at("stage2"), "stage2.", c.stage2);
@@ -358,6 +364,8 @@ HftConfig hft_config_from_json(const std::string& text, const HftConfig& base) {
   read_key(j, "", "pretrain_epochs", c.pretrain_epochs);
   read_key(j, "", "finetune_epochs", c.finetune_epochs);
   read_key(j, "", "e2e_weight", c.e2e_weight);
+  read_key(j, "", "stage1_gain", c.stage1_gain);
+  read_key(j, "", "stage2_gain", c.stage2_gain);
   read_key(j, "", "seed", c.seed);
   c.validate();
   return c;
@@ -624,8 +632,10 @@ HftModel HftModel::create(const HftConfig& config, const std::vector<float>& emb
     I.proj2.apply(I.ws.raw2.data(), I.ws.x2.data(), DType::f32, B, I.stream);
     const double ms2 = mean_square(I.ws.x2, config.stage2.htfr.input_dim);
     HTFR_REQUIRE(ms1 > 0 && ms2 > 0, InvalidArgument, "HFT: the sample features are all zero");
-    const float s1 = static_cast<float>(std::sqrt(config.stage1.htfr.input_dim / ms1));
-    const float s2 = static_cast<float>(std::sqrt(config.stage2.htfr.input_dim / ms2));
+    const float s1 =
+        static_cast<float>(std::sqrt(config.stage1.htfr.input_dim / ms1)) * config.stage1_gain;
+    const float s2 =
+        static_cast<float>(std::sqrt(config.stage2.htfr.input_dim / ms2)) * config.stage2_gain;
     I.builder->set_scales(s1, s2);
     I.config.context.scale = s1;
     I.config.context.stage2_scale = s2;

@@ -48,6 +48,10 @@ struct HftConfig {
   int64_t pretrain_epochs = 2;
   int64_t finetune_epochs = 1;
   float e2e_weight = 1.0f;   ///< weight of the Stage 2 gradient in Stage 1's fine-tuning target
+  /// Factors on the measured feature scales (1: mean squared norm of a projected input = its
+  /// dimension). Smaller inputs make the top-K selection depend less on small feature changes.
+  float stage1_gain = 1.0f;
+  float stage2_gain = 1.0f;
   uint64_t seed = 1234;
   /// Throws InvalidArgument naming the first inconsistent field.
   void validate() const;
