@@ -430,6 +430,32 @@ HftModel::Impl::~Impl() {
   }
 }
 
+void HftModel::Impl::phase(const char* name, std::chrono::steady_clock::time_point& since) {
+  if (!profiling) return;
+  if (backend == Backend::cuda) {
+    detail::DeviceGuard guard(device);
+    HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+  const auto now = std::chrono::steady_clock::now();
+  const double dt = std::chrono::duration<double>(now - since).count();
+  since = now;
+  for (auto& p : phase_seconds)
+    if (p.first == name) {
+      p.second += dt;
+      return;
+    }
+  phase_seconds.emplace_back(name, dt);
+}
+
+void HftModel::set_profiling(bool on) {
+  impl_->profiling = on;
+  impl_->phase_seconds.clear();
+}
+
+std::vector<std::pair<std::string, double>> HftModel::phase_seconds() const {
+  return impl_->phase_seconds;
+}
+
 void HftModel::Impl::init_runtime() {
   if (backend == Backend::cuda) {
     detail::require_cuda_device(device);
@@ -950,23 +976,30 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
     const int32_t* rp = I.ws.row_position.data() + offsets[k];
     const int64_t* ri = I.ws.row_index.data() + offsets[k];
     const ContextRows rows{D.tokens.data(), D.stride, I.ws.history.data(), rs, rp, B};
+    auto since = std::chrono::steady_clock::now();
     ops.gather(D.stage1_target.data(), H, ri, B, I.ws.t1.data());
     ops.gather_int(D.target_dev.data(), ri, B, I.ws.row_target.data());
     ops.teacher_probs(D.teacher.data(), V, ri, B, I.ws.q.data());
+    I.phase("targets", since);
     I.builder->stage1(rows, I.ws.raw1.data(), stream);
+    I.phase("stage1 features", since);
     I.proj1.apply(I.ws.raw1.data(), I.ws.x1.data(), DType::f32, B, stream);
+    I.phase("stage1 projection", since);
     if (!finetune) {
       I.stage1->train_step({I.ws.x1.data(), B, I.ws.t1.data(), nullptr},
                            {I.ws.y1.data(), I.ws.loss1.data(), nullptr}, stream);
     } else {
       I.stage1->forward(I.ws.x1.data(), B, I.ws.y1.data(), stream);
     }
+    I.phase("stage1 step", since);
     ops.history_write(I.ws.y1.data(), rs, rp, B, R, H, I.ws.history.data());
     I.builder->stage2(rows, I.ws.y1.data(), I.ws.raw2.data(), stream);
     I.proj2.apply(I.ws.raw2.data(), I.ws.x2.data(), DType::f32, B, stream);
+    I.phase("stage2 features and projection", since);
     I.stage2->train_step({I.ws.x2.data(), B, I.ws.q.data(), I.ws.row_target.data()},
                          {nullptr, I.ws.loss2.data(), finetune ? I.ws.g2.data() : nullptr},
                          stream);
+    I.phase("stage2 step", since);
     if (finetune) {
       // Stage 1's per-row gradient from Stage 2: dL2/dy1 of the (reduced) Stage 2 loss, scaled
       // back to a per-row gradient when Stage 2 averages, folded into an MSE target.
@@ -976,6 +1009,7 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
       ops.axpy(I.ws.t1.data(), -c.e2e_weight * per_row, I.ws.gy1.data(), B * H, I.ws.t1e.data());
       I.stage1->train_step({I.ws.x1.data(), B, I.ws.t1e.data(), nullptr},
                            {nullptr, I.ws.loss1.data(), nullptr}, stream);
+      I.phase("end-to-end backward and stage1 step", since);
     }
     ++I.steps_done;
     I.tokens_seen += B;

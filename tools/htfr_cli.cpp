@@ -82,7 +82,7 @@ json report_json(const htfr::HftEvalReport& r) {
 struct TrainArgs {
   std::string train, eval, embedding, config, out, metrics, backend = "auto", preset = "default";
   int64_t max_train = 0, max_eval = 0;
-  bool resume = false, quiet = false;
+  bool resume = false, quiet = false, profile = false;
 };
 
 int run_train(const TrainArgs& a) {
@@ -167,6 +167,7 @@ int run_train(const TrainArgs& a) {
     line["statistics"] = json::parse(model->statistics_json());
     log.write(line);
   };
+  model->set_profiling(a.profile);
   const auto start = std::chrono::steady_clock::now();
   const int64_t before = model->epochs_done();
   model->train(data, progress, after_epoch);
@@ -175,6 +176,8 @@ int run_train(const TrainArgs& a) {
   std::fprintf(stderr, "trained %lld epochs in %.1f s (%.0f training tokens/s incl. evaluation)\n",
                static_cast<long long>(trained), seconds,
                trained * data.rows() / std::max(seconds, 1e-9));
+  for (const auto& [name, s] : model->phase_seconds())
+    std::fprintf(stderr, "  %-40s %8.2f s\n", name.c_str(), s);
   return 0;
 }
 
@@ -320,6 +323,7 @@ int main(int argc, char** argv) {
   train->add_option("--max-eval", ta.max_eval, "use at most this many evaluation rows");
   train->add_flag("--resume", ta.resume, "continue from --out when it exists");
   train->add_flag("--quiet", ta.quiet, "no progress bar");
+  train->add_flag("--profile", ta.profile, "time each training phase (synchronises per phase)");
   EvalArgs ea;
   auto* eval = app.add_subcommand("eval", "evaluate a checkpoint teacher-free, with ablations");
   eval->add_option("--checkpoint", ea.checkpoint, "checkpoint file")->required();

@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "htfr/capture.hpp"
@@ -154,6 +155,10 @@ class HftModel {
   std::size_t parameter_bytes() const;
   /// Both pools' statistics, as JSON (used tensors, active fraction, mean use).
   std::string statistics_json() const;
+  /// Per-phase timing of training: when on, every phase of a step synchronises and its wall time
+  /// is added up (slower; for finding where the time goes). Turning it on clears the sums.
+  void set_profiling(bool on);
+  std::vector<std::pair<std::string, double>> phase_seconds() const;
   /// Host copies of both pools' parameters (for tests).
   std::vector<float> parameters_flat() const;
 

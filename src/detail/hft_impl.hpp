@@ -2,7 +2,9 @@
 // (hft_checkpoint.cpp).
 #pragma once
 
+#include <chrono>
 #include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -58,6 +60,10 @@ struct HftModel::Impl {
   int64_t steps_done = 0;
   int64_t tokens_seen = 0;
   mutable HftWorkspace ws;
+  /// Wall seconds per training phase, accumulated while profiling (each phase synchronised).
+  bool profiling = false;
+  std::vector<std::pair<std::string, double>> phase_seconds;
+  void phase(const char* name, std::chrono::steady_clock::time_point& since);
 
   Impl() = default;
   ~Impl();
