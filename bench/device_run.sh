@@ -81,7 +81,7 @@ for mode in "$@"; do
       # baselines; HFT_TEST=1 also evaluates the first run on the full test split.
       C=${CAPTURES:-/tmp/cap}
       first=1
-      for spec in ${HFT_RUNS:-default=configs/hft-default.json}; do
+      for spec in ${HFT_RUNS:-default=configs/hft-gpu.json}; do
         name=${spec%%=*}; cfg=${spec#*=}
         "$BUILD/tools/htfr" train --train "$C/train" --eval "$C/eval" --config "$cfg" \
           --out "/tmp/$name.safetensors" --metrics "$OUT/$name.jsonl" --quiet >"$OUT/$name.train.log" 2>&1 || rc=1
