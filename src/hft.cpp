@@ -939,6 +939,37 @@ void reserve_batch(HftWorkspace& ws, const HftConfig& c, const ContextLayout& l,
   ws.cosine.reserve(B);
 }
 
+/// One pass over a dataset: its steps, their row arrays on the backend, a cleared history ring.
+struct Pass {
+  std::vector<StepRows> steps;
+  std::vector<int64_t> offsets;
+};
+
+Pass begin_pass(HftModel::Impl& I, const HftData::Impl& D, const std::vector<int32_t>& order) {
+  HTFR_REQUIRE(D.backend == I.backend && D.device == I.device, WrongDevice,
+               "HFT: data loaded for another backend or device");
+  const HftConfig& c = I.config;
+  Pass pass;
+  pass.steps = plan_steps(D, order, c.batch_streams);
+  reserve_batch(I.ws, c, I.builder->layout(), c.batch_streams);
+  I.ws.history.reserve(D.streams * c.context.history * c.context.history_dim);
+  I.ws.history.zero(I.stream);
+  pass.offsets = upload_plan(I.ws, pass.steps, I.stream);
+  return pass;
+}
+
+/// The rows of step k of a pass, as the builder reads them.
+ContextRows step_rows(const HftModel::Impl& I, const HftData::Impl& D, const Pass& pass,
+                      std::size_t k) {
+  const int64_t at = pass.offsets[k];
+  return ContextRows{D.tokens.data(),
+                     D.stride,
+                     I.ws.history.data(),
+                     I.ws.row_stream.data() + at,
+                     I.ws.row_position.data() + at,
+                     static_cast<int64_t>(pass.steps[k].index.size())};
+}
+
 }  // namespace
 
 void HftModel::train_epoch(const HftData& data, bool finetune,
@@ -946,10 +977,7 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
   HTFR_NVTX_RANGE("htfr::HftModel::train_epoch");
   Impl& I = *impl_;
   const auto& D = *data.impl_;
-  HTFR_REQUIRE(D.backend == I.backend && D.device == I.device, WrongDevice,
-               "HFT: data loaded for another backend or device");
   const HftConfig& c = I.config;
-  const ContextLayout& layout = I.builder->layout();
   const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;
   cudaStream_t stream = I.stream;
   const RowOps ops{I.backend, stream};
@@ -958,11 +986,8 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
   std::iota(order.begin(), order.end(), 0);
   std::mt19937_64 rng(c.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(I.epochs_done));
   std::shuffle(order.begin(), order.end(), rng);
-  const std::vector<StepRows> steps = plan_steps(D, order, c.batch_streams);
-  reserve_batch(I.ws, c, layout, c.batch_streams);
-  I.ws.history.reserve(D.streams * R * H);
-  I.ws.history.zero(stream);
-  const std::vector<int64_t> offsets = upload_plan(I.ws, steps, stream);
+  const Pass pass = begin_pass(I, D, order);
+  const auto& steps = pass.steps;
 
   const bool stage2_mean = c.stage2.htfr.reduction == Reduction::mean;
   const auto start = std::chrono::steady_clock::now();
@@ -971,11 +996,10 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
   pr.finetune = finetune;
   pr.epoch_total = D.rows;
   for (std::size_t k = 0; k < steps.size(); ++k) {
-    const int64_t B = static_cast<int64_t>(steps[k].index.size());
-    const int32_t* rs = I.ws.row_stream.data() + offsets[k];
-    const int32_t* rp = I.ws.row_position.data() + offsets[k];
-    const int64_t* ri = I.ws.row_index.data() + offsets[k];
-    const ContextRows rows{D.tokens.data(), D.stride, I.ws.history.data(), rs, rp, B};
+    const ContextRows rows = step_rows(I, D, pass, k);
+    const int64_t B = rows.rows;
+    const int32_t *rs = rows.stream, *rp = rows.position;
+    const int64_t* ri = I.ws.row_index.data() + pass.offsets[k];
     auto since = std::chrono::steady_clock::now();
     ops.gather(D.stage1_target.data(), H, ri, B, I.ws.t1.data());
     ops.gather_int(D.target_dev.data(), ri, B, I.ws.row_target.data());
@@ -1047,20 +1071,14 @@ HftEvalReport HftModel::evaluate(const HftData& data, HftMode mode, bool stage1_
   HTFR_NVTX_RANGE("htfr::HftModel::evaluate");
   Impl& I = *impl_;
   const auto& D = *data.impl_;
-  HTFR_REQUIRE(D.backend == I.backend && D.device == I.device, WrongDevice,
-               "HFT: data loaded for another backend or device");
   const HftConfig& c = I.config;
-  const ContextLayout& layout = I.builder->layout();
   const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;
   cudaStream_t stream = I.stream;
   const RowOps ops{I.backend, stream};
   std::vector<int32_t> order(D.streams);
   std::iota(order.begin(), order.end(), 0);
-  const std::vector<StepRows> steps = plan_steps(D, order, c.batch_streams);
-  reserve_batch(I.ws, c, layout, c.batch_streams);
-  I.ws.history.reserve(D.streams * R * H);
-  I.ws.history.zero(stream);
-  const std::vector<int64_t> offsets = upload_plan(I.ws, steps, stream);
+  const Pass pass = begin_pass(I, D, order);
+  const auto& steps = pass.steps;
   // Per-row metrics of every step, read back step by step.
   std::vector<std::vector<float>> step_metrics(steps.size()), step_cos(steps.size());
 
@@ -1073,11 +1091,10 @@ HftEvalReport HftModel::evaluate(const HftData& data, HftMode mode, bool stage1_
   }
   const auto start = std::chrono::steady_clock::now();
   for (std::size_t k = 0; k < steps.size(); ++k) {
-    const int64_t B = static_cast<int64_t>(steps[k].index.size());
-    const int32_t* rs = I.ws.row_stream.data() + offsets[k];
-    const int32_t* rp = I.ws.row_position.data() + offsets[k];
-    const int64_t* ri = I.ws.row_index.data() + offsets[k];
-    const ContextRows rows{D.tokens.data(), D.stride, I.ws.history.data(), rs, rp, B};
+    const ContextRows rows = step_rows(I, D, pass, k);
+    const int64_t B = rows.rows;
+    const int32_t *rs = rows.stream, *rp = rows.position;
+    const int64_t* ri = I.ws.row_index.data() + pass.offsets[k];
     ops.gather(D.stage1_target.data(), H, ri, B, I.ws.t1.data());
     ops.gather_int(D.target_dev.data(), ri, B, I.ws.row_target.data());
     I.builder->stage1(rows, I.ws.raw1.data(), stream);
