@@ -390,12 +390,7 @@ HftMode hft_mode_from_string(const std::string& name) {
 std::vector<float> read_compact_embedding(const std::string& path, const CaptureManifest& m) {
   HTFR_NVTX_RANGE("htfr::read_compact_embedding");
   const SafetensorsReader r(path);
-  const auto meta = [&](const std::string& key) {
-    const auto it = r.metadata().find(key);
-    HTFR_REQUIRE(it != r.metadata().end(), FormatError,
-                 path << " lacks metadata '" << key << "'");
-    return it->second;
-  };
+  const auto meta = [&](const std::string& key) { return r.metadata_value(key); };
   HTFR_REQUIRE(meta("format") == "htfr-compact-embedding", FormatError,
                path << " is not a compact embedding file (format '" << meta("format") << "')");
   HTFR_REQUIRE(meta("version") == "1", FormatError,
@@ -416,10 +411,6 @@ std::vector<float> read_compact_embedding(const std::string& path, const Capture
 }
 
 // ---------------------------------------------------------------- model
-
-namespace detail {
-HtfrConfig stage_htfr_config(const HftStageConfig& stage) { return stage.htfr; }
-}  // namespace detail
 
 HftModel::Impl::~Impl() {
   stage1.reset();

@@ -105,12 +105,7 @@ void HftModel::save(const std::string& path) const {
 HftModel HftModel::load(const std::string& path, Backend backend, int device) {
   HTFR_NVTX_RANGE("htfr::HftModel::load");
   const SafetensorsReader r(path);
-  const auto meta = [&](const std::string& key) {
-    const auto it = r.metadata().find(key);
-    HTFR_REQUIRE(it != r.metadata().end(), FormatError,
-                 path << " lacks metadata '" << key << "'");
-    return it->second;
-  };
+  const auto meta = [&](const std::string& key) { return r.metadata_value(key); };
   HTFR_REQUIRE(meta("format") == kFormat, FormatError,
                path << " is not an HFT checkpoint (format '" << meta("format") << "')");
   HTFR_REQUIRE(meta("version") == "1", FormatError,

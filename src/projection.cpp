@@ -864,11 +864,8 @@ void ProjectionStack::save_to(SafetensorsWriter& w, const std::string& prefix) c
 ProjectionStack ProjectionStack::load(const std::string& path, Backend backend, int device) {
   HTFR_NVTX_RANGE("htfr::ProjectionStack::load");
   const SafetensorsReader r(path);
-  const auto& meta = r.metadata();
   const auto field = [&](const std::string& key) -> const std::string& {
-    const auto it = meta.find(key);
-    HTFR_REQUIRE(it != meta.end(), FormatError, path << " lacks metadata '" << key << "'");
-    return it->second;
+    return r.metadata_value(key);
   };
   HTFR_REQUIRE(field("format") == kStackFormat, FormatError,
                path << " is not a projection-stack checkpoint (format '" << field("format")
@@ -884,11 +881,8 @@ ProjectionStack ProjectionStack::load(const std::string& path, Backend backend, 
 ProjectionStack ProjectionStack::load_from(const SafetensorsReader& r, const std::string& prefix,
                                            Backend backend, int device) {
   const std::string& path = r.path();
-  const auto& meta = r.metadata();
   const auto field = [&](const std::string& key) -> const std::string& {
-    const auto it = meta.find(key);
-    HTFR_REQUIRE(it != meta.end(), FormatError, path << " lacks metadata '" << key << "'");
-    return it->second;
+    return r.metadata_value(key);
   };
   const auto number = [&](const std::string& key) {
     const std::string& text = field(key);

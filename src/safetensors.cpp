@@ -200,6 +200,12 @@ SafetensorsReader::SafetensorsReader(std::string path) : path_(std::move(path)) 
   }
 }
 
+const std::string& SafetensorsReader::metadata_value(const std::string& key) const {
+  const auto it = metadata_.find(key);
+  HTFR_REQUIRE(it != metadata_.end(), FormatError, path_ << " lacks metadata '" << key << "'");
+  return it->second;
+}
+
 bool SafetensorsReader::contains(const std::string& name) const {
   return std::any_of(tensors_.begin(), tensors_.end(),
                      [&](const TensorRecord& t) { return t.name == name; });

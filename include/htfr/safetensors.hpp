@@ -47,6 +47,8 @@ class SafetensorsReader {
   const TensorRecord& tensor(const std::string& name) const;
   /// The string-to-string `__metadata__` entries (empty when the file has none).
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  /// The `__metadata__` value of `key`. Throws FormatError naming the file when it is absent.
+  const std::string& metadata_value(const std::string& key) const;
   /// The 8-byte length prefix followed by the JSON header, exactly as stored.
   const std::string& header_bytes() const { return header_bytes_; }
 

@@ -74,9 +74,4 @@ struct HftModel::Impl {
   void init_runtime();
 };
 
-namespace detail {
-/// Builds stages' HtfrModels from pools (for create and load).
-HtfrConfig stage_htfr_config(const HftStageConfig& stage);
-}  // namespace detail
-
 }  // namespace htfr
