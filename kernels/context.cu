@@ -16,7 +16,7 @@ __global__ void __launch_bounds__(kThreads)
                         float* __restrict__ raw) {
   const int64_t r = blockIdx.y;
   const int64_t s = rows.stream[r], p = rows.position[r];
-  const int32_t* toks = rows.tokens + s * rows.token_stride;
+  const TokenView toks = token_view(rows, s);
   const float* hist = rows.history ? rows.history + s * c.R * c.H : nullptr;
   float* out = raw + r * c.stage1_dim;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < c.stage1_dim;
@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(kThreads)
     stage1_bloom_kernel(ContextParams c, ContextRows rows, float* __restrict__ raw) {
   const int64_t r = blockIdx.x;
   const int64_t s = rows.stream[r], p = rows.position[r];
-  const int32_t* toks = rows.tokens + s * rows.token_stride;
+  const TokenView toks = token_view(rows, s);
   float* out = raw + r * c.stage1_dim + c.bloom_offset;
   const float bit = c.bloom_weight * c.scale;
   const int64_t start = window_start(c, p);
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kThreads)
                   const float* __restrict__ emb, float* __restrict__ raw) {
   const int64_t r = blockIdx.y;
   const int64_t s = rows.stream[r], p = rows.position[r];
-  const int32_t* toks = rows.tokens + s * rows.token_stride;
+  const TokenView toks = token_view(rows, s);
   const float* e = emb ? emb + r * c.H : nullptr;
   float* out = raw + r * c.stage2_dim;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < c.stage2_dim;

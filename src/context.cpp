@@ -95,7 +95,7 @@ ContextParams context_params(const ContextConfig& c, const ContextLayout& l) {
 
 namespace {
 
-void stage1_row_cpu(const ContextParams& c, const float* table, const int32_t* toks,
+void stage1_row_cpu(const ContextParams& c, const float* table, TokenView toks,
                     const float* hist, int64_t p, float* out) {
   for (int64_t i = 0; i < c.stage1_dim; ++i) out[i] = stage1_dense_value(c, table, toks, hist, p, i);
   const float bit = c.bloom_weight * c.scale;
@@ -203,6 +203,9 @@ void check_rows(const ContextRows& r, const ContextConfig& c, Backend backend, i
   if (r.rows == 0) return;
   HTFR_REQUIRE(r.tokens && r.stream && r.position && r.token_stride >= 1, InvalidArgument,
                "context: tokens, stream and position are required and token_stride >= 1");
+  HTFR_REQUIRE(r.token_ring == 0 || (r.token_ring >= c.window && r.token_ring <= r.token_stride),
+               InvalidArgument, "context: token_ring must be 0 or in [window = " << c.window
+                                    << ", token_stride], got " << r.token_ring);
   HTFR_REQUIRE(c.history == 0 || r.history, InvalidArgument,
                "context: history ring required when history > 0");
   detail::require_memory(r.tokens, backend, device, "tokens");
@@ -227,7 +230,7 @@ void ContextBuilder::stage1(const ContextRows& rows, float* raw, cudaStream_t st
   for (int64_t r = 0; r < rows.rows; ++r) {
     const int64_t s = rows.stream[r], p = rows.position[r];
     const float* hist = rows.history ? rows.history + s * config_.history * config_.history_dim : nullptr;
-    detail::stage1_row_cpu(params, host_table_.data(), rows.tokens + s * rows.token_stride, hist, p,
+    detail::stage1_row_cpu(params, host_table_.data(), detail::token_view(rows, s), hist, p,
                            raw + r * layout_.stage1_dim);
   }
 }
@@ -249,7 +252,7 @@ void ContextBuilder::stage2(const ContextRows& rows, const float* embedding_rows
   const int64_t H = config_.history_dim, D2 = layout_.stage2_dim;
   for (int64_t r = 0; r < rows.rows; ++r) {
     const int64_t s = rows.stream[r], p = rows.position[r];
-    const int32_t* toks = rows.tokens + s * rows.token_stride;
+    const detail::TokenView toks = detail::token_view(rows, s);
     const float* emb = embedding_rows ? embedding_rows + r * H : nullptr;
     for (int64_t i = 0; i < D2; ++i)
       raw[r * D2 + i] = detail::stage2_value(params, host_table_.data(), toks, emb, p, i);

@@ -14,10 +14,9 @@
 
 #include "detail/check.hpp"
 #include "detail/hft_impl.hpp"
+#include "detail/hft_rows.hpp"
 #include "detail/nvtx.hpp"
 #include "htfr/safetensors.hpp"
-#include "../kernels/hft_rows.cuh"
-#include "../kernels/kmeans.cuh"
 
 namespace htfr {
 
@@ -545,6 +544,7 @@ HftModel HftModel::create(const HftConfig& config, const std::vector<float>& emb
   impl->vocab_size = m.compact_vocab.size;
   impl->compact_token_ids.assign(m.compact_vocab.token_ids.begin(), m.compact_vocab.token_ids.end());
   impl->bos_id = static_cast<int32_t>(m.tokenizer.bos_id);
+  impl->teacher_vocab_size = m.model.vocab_size;
   impl->embedding = embedding;
   impl->init_runtime();
 
@@ -806,89 +806,6 @@ std::vector<StepRows> plan_steps(const HftData::Impl& d, const std::vector<int32
 
 namespace {
 
-/// Runs the per-row kernels on either backend (the CPU twins are the straightforward loops).
-struct RowOps {
-  Backend backend;
-  cudaStream_t stream;
-
-  void gather(const float* src, int64_t width, const int64_t* index, int64_t rows,
-              float* dst) const {
-    if (backend == Backend::cuda) return detail::launch_gather_rows(src, width, index, rows, dst, stream);
-    for (int64_t r = 0; r < rows; ++r) std::copy_n(src + index[r] * width, width, dst + r * width);
-  }
-  void gather_int(const int32_t* src, const int64_t* index, int64_t rows, int32_t* dst) const {
-    if (backend == Backend::cuda) return detail::launch_gather_int(src, index, rows, dst, stream);
-    for (int64_t r = 0; r < rows; ++r) dst[r] = src[index[r]];
-  }
-  void teacher_probs(const uint16_t* lp, int64_t width, const int64_t* index, int64_t rows,
-                     float* probs) const {
-    if (backend == Backend::cuda)
-      return detail::launch_teacher_probs(lp, width, index, rows, probs, stream);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < width; ++c)
-        probs[r * width + c] = std::exp(half_to_float(lp[index[r] * width + c]));
-  }
-  void history_write(const float* y, const int32_t* streams, const int32_t* positions,
-                     int64_t rows, int64_t R, int64_t H, float* ring) const {
-    if (backend == Backend::cuda)
-      return detail::launch_history_write(y, streams, positions, rows, R, H, ring, stream);
-    if (R == 0) return;
-    for (int64_t r = 0; r < rows; ++r)
-      std::copy_n(y + r * H, H, ring + (int64_t(streams[r]) * R + positions[r] % R) * H);
-  }
-  void axpy(const float* a, float alpha, const float* b, int64_t n, float* out) const {
-    if (backend == Backend::cuda) return detail::launch_axpy(a, alpha, b, n, out, stream);
-    for (int64_t i = 0; i < n; ++i) out[i] = a[i] + alpha * b[i];
-  }
-  void row_metrics(const float* logits, const uint16_t* lp, const int64_t* index,
-                   const int32_t* target, int64_t rows, int64_t width, float* m) const {
-    if (backend == Backend::cuda)
-      return detail::launch_row_metrics(logits, lp, index, target, rows, width, m, stream);
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* z = logits + r * width;
-      const uint16_t* q = lp + index[r] * width;
-      int64_t s_arg = 0, t_arg = 0;
-      for (int64_t c = 1; c < width; ++c) {
-        if (z[c] > z[s_arg]) s_arg = c;
-        if (half_to_float(q[c]) > half_to_float(q[t_arg])) t_arg = c;
-      }
-      double sum = 0;
-      for (int64_t c = 0; c < width; ++c) sum += std::exp(double(z[c]) - z[s_arg]);
-      const double lse = z[s_arg] + std::log(sum);
-      double kl = 0;
-      for (int64_t c = 0; c < width; ++c) {
-        const double lq = half_to_float(q[c]), pq = std::exp(lq);
-        if (pq > 0) kl += pq * (lq - (z[c] - lse));
-      }
-      float* out = m + r * detail::kRowMetrics;
-      out[detail::kStudentLogp] = static_cast<float>(z[target[r]] - lse);
-      out[detail::kTeacherLogp] = half_to_float(q[target[r]]);
-      out[detail::kKl] = static_cast<float>(kl);
-      out[detail::kTop1] = s_arg == t_arg ? 1.0f : 0.0f;
-      out[detail::kTargetTop1] = s_arg == target[r] ? 1.0f : 0.0f;
-    }
-  }
-  void row_cosine(const float* y, const float* t, int64_t rows, int64_t width, float* c) const {
-    if (backend == Backend::cuda) return detail::launch_row_cosine(y, t, rows, width, c, stream);
-    for (int64_t r = 0; r < rows; ++r) {
-      double yy = 0, tt = 0, yt = 0;
-      for (int64_t k = 0; k < width; ++k) {
-        const double a = y[r * width + k], b = t[r * width + k];
-        yy += a * a;
-        tt += b * b;
-        yt += a * b;
-      }
-      c[r] = (yy > 0 && tt > 0) ? static_cast<float>(yt / std::sqrt(yy * tt)) : 0.0f;
-    }
-  }
-};
-
-void sync(Backend backend, int device, cudaStream_t stream) {
-  if (backend != Backend::cuda) return;
-  detail::DeviceGuard guard(device);
-  HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
-}
-
 /// Uploads every step's row arrays of a pass at once; returns each step's offset.
 std::vector<int64_t> upload_plan(HftWorkspace& ws, const std::vector<StepRows>& steps,
                                  cudaStream_t stream) {
@@ -971,7 +888,7 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
   const HftConfig& c = I.config;
   const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;
   cudaStream_t stream = I.stream;
-  const RowOps ops{I.backend, stream};
+  const detail::RowOps ops{I.backend, stream};
 
   std::vector<int32_t> order(D.streams);
   std::iota(order.begin(), order.end(), 0);
@@ -1043,7 +960,7 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
       progress(pr);
     }
   }
-  sync(I.backend, I.device, stream);
+  detail::sync(I.backend, I.device, stream);
   ++I.epochs_done;
 }
 
@@ -1065,7 +982,7 @@ HftEvalReport HftModel::evaluate(const HftData& data, HftMode mode, bool stage1_
   const HftConfig& c = I.config;
   const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;
   cudaStream_t stream = I.stream;
-  const RowOps ops{I.backend, stream};
+  const detail::RowOps ops{I.backend, stream};
   std::vector<int32_t> order(D.streams);
   std::iota(order.begin(), order.end(), 0);
   const Pass pass = begin_pass(I, D, order);
@@ -1105,7 +1022,7 @@ HftEvalReport HftModel::evaluate(const HftData& data, HftMode mode, bool stage1_
     step_metrics[k] = I.ws.metrics.download(0, B * detail::kRowMetrics, stream);
     step_cos[k] = I.ws.cosine.download(0, B, stream);
   }
-  sync(I.backend, I.device, stream);
+  detail::sync(I.backend, I.device, stream);
   HftEvalReport rep;
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   rep.mode = mode;
@@ -1137,6 +1054,57 @@ HftEvalReport HftModel::evaluate(const HftData& data, HftMode mode, bool stage1_
   rep.stage1_cosine = cosine_sum / std::max<int64_t>(D.rows, 1);
   rep.tokens_per_s = D.rows / std::max(rep.seconds, 1e-9);
   return rep;
+}
+
+std::vector<int32_t> HftModel::Impl::compact_map() const {
+  std::vector<int32_t> map(static_cast<std::size_t>(teacher_vocab_size),
+                           static_cast<int32_t>(vocab_size - 1));
+  for (std::size_t c = 0; c < compact_token_ids.size(); ++c)
+    map[compact_token_ids[c]] = static_cast<int32_t>(c);
+  return map;
+}
+
+const std::string& HftModel::model_sha256() const { return impl_->model_sha256; }
+
+std::vector<float> HftModel::sequence_logits(const std::vector<int32_t>& tokens) const {
+  HTFR_NVTX_RANGE("htfr::HftModel::sequence_logits");
+  Impl& I = *impl_;
+  const HftConfig& c = I.config;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;
+  HTFR_REQUIRE(n >= 1 && n < (int64_t{1} << 31), InvalidArgument,
+               "sequence_logits: needs 1 to 2^31 - 1 tokens, got " << n);
+  cudaStream_t stream = I.stream;
+  const detail::RowOps ops{I.backend, stream};
+  const std::vector<int32_t> map = I.compact_map();
+  std::vector<int32_t> compact(tokens.size()), position(tokens.size()), zeros(tokens.size(), 0);
+  for (int64_t q = 0; q < n; ++q) {
+    const int32_t t = tokens[q];
+    compact[q] = t >= 0 && t < I.teacher_vocab_size ? map[t] : static_cast<int32_t>(V - 1);
+    position[q] = static_cast<int32_t>(q);
+  }
+  detail::BackendArray<int32_t> toks(I.backend, I.device, n), pos(I.backend, I.device, n),
+      streams(I.backend, I.device, n);
+  detail::BackendArray<float> logits(I.backend, I.device, n * V);
+  toks.upload(compact.data(), n, 0, stream);
+  pos.upload(position.data(), n, 0, stream);
+  streams.upload(zeros.data(), n, 0, stream);
+  reserve_batch(I.ws, c, I.builder->layout(), 1);
+  I.ws.history.reserve(R * H);
+  I.ws.history.zero(stream);
+  // One position per step, in order: the history ring then holds what inference would have.
+  for (int64_t q = 0; q < n; ++q) {
+    const ContextRows rows{toks.data(), n, I.ws.history.data(), streams.data() + q,
+                           pos.data() + q, 1};
+    I.builder->stage1(rows, I.ws.raw1.data(), stream);
+    I.proj1.apply(I.ws.raw1.data(), I.ws.x1.data(), DType::f32, 1, stream);
+    I.stage1->forward(I.ws.x1.data(), 1, I.ws.y1.data(), stream);
+    ops.history_write(I.ws.y1.data(), rows.stream, rows.position, 1, R, H, I.ws.history.data());
+    I.builder->stage2(rows, I.ws.y1.data(), I.ws.raw2.data(), stream);
+    I.proj2.apply(I.ws.raw2.data(), I.ws.x2.data(), DType::f32, 1, stream);
+    I.stage2->forward(I.ws.x2.data(), 1, logits.data() + q * V, stream);
+  }
+  return logits.download(stream);
 }
 
 std::string HftModel::statistics_json() const {

@@ -85,7 +85,8 @@ void HftModel::save(const std::string& path) const {
                              {"stage2_step", I.stage2->step()},
                              {"model_sha256", I.model_sha256},
                              {"hidden_size", I.hidden_size},
-                             {"bos_id", I.bos_id}};
+                             {"bos_id", I.bos_id},
+                             {"teacher_vocab_size", I.teacher_vocab_size}};
   w.set_metadata("state", state.dump());
   const int64_t V = I.vocab_size;
   w.add("embedding", ElementType::f32, {V, I.hidden_size}, I.embedding);
@@ -128,6 +129,7 @@ HftModel HftModel::load(const std::string& path, Backend backend, int device) {
     impl->model_sha256 = state.at("model_sha256").get<std::string>();
     impl->hidden_size = state.at("hidden_size").get<int64_t>();
     impl->bos_id = state.at("bos_id").get<int32_t>();
+    impl->teacher_vocab_size = state.at("teacher_vocab_size").get<int64_t>();
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(path + ": training state metadata is invalid: " + e.what());
   }
@@ -140,6 +142,10 @@ HftModel HftModel::load(const std::string& path, Backend backend, int device) {
   const int64_t V = impl->vocab_size, L = static_cast<int64_t>(c.target_layers.size());
   impl->embedding = r.read_as<float>("embedding", ElementType::f32, {V, impl->hidden_size});
   impl->compact_token_ids = r.read_as<int32_t>("compact_token_ids", ElementType::i32, {V - 1});
+  for (const int32_t id : impl->compact_token_ids)
+    HTFR_REQUIRE(id >= 0 && id < impl->teacher_vocab_size, FormatError,
+                 path << ": compact token id " << id << " outside the teacher vocabulary [0, "
+                      << impl->teacher_vocab_size << ")");
   impl->target_mean = r.read_as<float>("target_mean", ElementType::f32, {L * impl->hidden_size});
   impl->target_std = r.read_as<float>("target_std", ElementType::f32, {L * impl->hidden_size});
   impl->init_runtime();

@@ -77,8 +77,12 @@ struct ContextRows {
   int64_t token_stride = 0;
   const float* history = nullptr;    ///< streams x R x H ring (may be null when R == 0)
   const int32_t* stream = nullptr;   ///< rows: stream of each row
-  const int32_t* position = nullptr; ///< rows: position p of each row, 0 <= p < token_stride
+  const int32_t* position = nullptr; ///< rows: position p of each row (p < token_stride unless ring)
   int64_t rows = 0;
+  /// 0: position q of stream s at tokens[s * token_stride + q]. Otherwise a rolling buffer of the
+  /// last token_ring tokens (window <= token_ring <= token_stride): position q at
+  /// tokens[s * token_stride + q % token_ring], positions unbounded.
+  int64_t token_ring = 0;
 };
 
 /// Builds raw feature rows on one backend. Holds the unit-normalised embedding table (a copy in

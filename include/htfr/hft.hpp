@@ -162,9 +162,18 @@ class HftModel {
   /// Host copies of both pools' parameters (for tests).
   std::vector<float> parameters_flat() const;
 
+  /// Teacher-free logits of every position of one token sequence (teacher-vocabulary ids; ids
+  /// outside the compact vocabulary read as unk), recomputing each position's window from
+  /// scratch with the batch path of evaluate(): count x vocab_size compact logits on the host.
+  /// The reference for incremental inference (session.hpp). Synchronises.
+  std::vector<float> sequence_logits(const std::vector<int32_t>& tokens) const;
+  /// Identity of the teacher the model was distilled from.
+  const std::string& model_sha256() const;
+
   struct Impl;
 
  private:
+  friend class HftSession;
   explicit HftModel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -29,6 +29,14 @@ struct ContextParams {
 
 ContextParams context_params(const ContextConfig& c, const ContextLayout& l);
 
+/// The tokens of one stream: position q at base[q] (ring == 0), or at base[q % ring] for a
+/// rolling buffer of `ring` >= W slots (inference sessions).
+struct TokenView {
+  const int32_t* base = nullptr;
+  int64_t ring = 0;
+  HTFR_HD int32_t operator[](int64_t q) const { return base[ring > 0 ? q % ring : q]; }
+};
+
 /// weight^j in double, rounded once.
 HTFR_HD float decay_power(float weight, int64_t j) {
   return static_cast<float>(pow(static_cast<double>(weight), static_cast<double>(j)));
@@ -44,7 +52,7 @@ HTFR_HD float phase_value(int64_t position, int64_t k, int64_t P, float base) {
 
 /// Value of Stage 1 feature i (outside the Bloom group, which stage1_bloom_* fill) for the row at
 /// position p of a stream whose tokens start at `toks` and whose history ring starts at `hist`.
-HTFR_HD float stage1_dense_value(const ContextParams& c, const float* table, const int32_t* toks,
+HTFR_HD float stage1_dense_value(const ContextParams& c, const float* table, TokenView toks,
                                  const float* hist, int64_t p, int64_t i) {
   if (i < c.bloom_offset) {
     const int64_t j = i / c.slot_width, k = i - j * c.slot_width;
@@ -69,7 +77,7 @@ HTFR_HD float stage1_dense_value(const ContextParams& c, const float* table, con
 }
 
 /// Hash of the n tokens ending at position q.
-HTFR_HD uint64_t ngram_hash(uint64_t seed, int n, const int32_t* toks, int64_t q) {
+HTFR_HD uint64_t ngram_hash(uint64_t seed, int n, TokenView toks, int64_t q) {
   uint64_t h = mix64(seed ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(n)));
   for (int64_t t = q - n + 1; t <= q; ++t) h = mix64(h ^ static_cast<uint64_t>(toks[t]));
   return h;
@@ -85,8 +93,13 @@ HTFR_HD int64_t window_start(const ContextParams& c, int64_t p) {
   return p - c.W + 1 > 0 ? p - c.W + 1 : 0;
 }
 
+/// The tokens of stream s of a batch.
+HTFR_HD TokenView token_view(const ContextRows& rows, int64_t s) {
+  return TokenView{rows.tokens + s * rows.token_stride, rows.token_ring};
+}
+
 /// Value of Stage 2 feature i for the row at position p with Stage 1 embedding `emb` (null: 0).
-HTFR_HD float stage2_value(const ContextParams& c, const float* table, const int32_t* toks,
+HTFR_HD float stage2_value(const ContextParams& c, const float* table, TokenView toks,
                            const float* emb, int64_t p, int64_t i) {
   if (i < c.H) return emb ? emb[i] * c.stage1_weight * c.stage2_scale : 0.0f;
   if (i < c.s2_meta_offset) {

@@ -51,6 +51,7 @@ struct HftModel::Impl {
   int64_t vocab_size = 0;          ///< compact classes
   std::vector<int32_t> compact_token_ids;
   int32_t bos_id = -1;
+  int64_t teacher_vocab_size = 0;  ///< token ids of the teacher lie in [0, teacher_vocab_size)
   std::vector<float> embedding;    ///< compact_size x hidden_size, as given
   std::vector<float> target_mean, target_std;  ///< per channel of the concatenated layers
   std::unique_ptr<ContextBuilder> builder;
@@ -72,6 +73,8 @@ struct HftModel::Impl {
 
   /// Creates the stream and the builder (after config/embedding are set).
   void init_runtime();
+  /// Compact class of every teacher token id (teacher_vocab_size entries; unk where none).
+  std::vector<int32_t> compact_map() const;
 };
 
 }  // namespace htfr
