@@ -3,7 +3,7 @@
 # `sanitize` (the GPU tests under compute-sanitizer memcheck and racecheck), `bench` (bench_htfr,
 # the PyTorch baseline, bench/RESULTS.md), `projection` (bench_projection and its PyTorch baseline), `init` (bench_init: k-means and
 # data-driven initialisation at N = 131,072, D = 16,384), `hftcapture` (teacher captures for the HFT)
-# and `hft` (HFT training and evaluation runs). Logs and JSON go to $OUT (default ./out).
+# `hft` (HFT training and evaluation runs) and `serve` (inference sessions against the teacher). Logs and JSON go to $OUT (default ./out).
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
@@ -24,6 +24,21 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 
   || { tail -30 "$OUT/cmake.log"; exit 1; }
 cmake --build "$BUILD" -j"$(nproc)" >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv >"$OUT/gpu.txt" 2>&1
+# Sums an ncu CSV of gpu__time_duration per kernel name and prints it per step, largest first.
+ncu_summary() {
+  python3 - "$1" "$2" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]; ki = head.index("Kernel Name"); vi = head.index("Metric Value")
+tot = collections.OrderedDict()
+for r in rows[1:]:
+    k = r[ki][:70]; tot[k] = tot.get(k, 0) + float(r[vi].replace(",", ""))
+s = sum(tot.values()); steps = float(sys.argv[2])
+print(f"{s/1e6/steps:9.4f} ms/step in all")
+for k, v in sorted(tot.items(), key=lambda kv: -kv[1]):
+    print(f"{v/1e6/steps:9.4f} ms/step  {100*v/s:5.1f}%  {k}")
+PY
+}
 rc=0
 for mode in "$@"; do
   case "$mode" in
@@ -35,7 +50,7 @@ for mode in "$@"; do
       # SANITIZERS picks the tools (default: memcheck racecheck).
       gpu_tests='Shapes/CudaParity.*:CudaDeterminism.*:CudaPool.*:CudaHalfPrecision.*:*/cuda'
       gpu_tests+=':FwhtCuda.*:SrhtCuda.*:CountSketchCuda.*:PcaCuda.*:ProjectionStackCuda.*:ProjectionAdjoint.*Gpu'
-      gpu_tests+=':*KMeansCuda*:*InitPoolCuda*:ContextCuda.*:HftCuda.*'
+      gpu_tests+=':*KMeansCuda*:*InitPoolCuda*:ContextCuda.*:HftCuda.*:SessionCuda.*'
       gpu_tests=${SANITIZE_FILTER:-$gpu_tests}
       for tool in ${SANITIZERS:-memcheck racecheck}; do
         filter=$gpu_tests
@@ -100,18 +115,32 @@ for mode in "$@"; do
       # Per-kernel device time of a few S2 bf16 training steps at 4096 rows.
       ncu --metrics gpu__time_duration.sum --csv "$BUILD/bench/bench_htfr" --profile --shapes S2 \
         --precisions bf16 --rows 4096 --iters 2 >"$OUT/ncu.csv" 2>"$OUT/ncu.err" || rc=1
-      python3 - "$OUT/ncu.csv" <<'PY'
-import csv, sys, collections
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
-head = rows[0]; ki = head.index("Kernel Name"); vi = head.index("Metric Value")
-tot = collections.OrderedDict()
-for r in rows[1:]:
-    k = r[ki][:70]; tot[k] = tot.get(k, 0) + float(r[vi].replace(",", ""))
-s = sum(tot.values())
-for k, v in sorted(tot.items(), key=lambda kv: -kv[1]):
-    print(f"{v/1e6/3:9.3f} ms/step  {100*v/s:5.1f}%  {k}")
-PY
-      ;;
+      ncu_summary "$OUT/ncu.csv" 3 ;;
+    serve)
+      # Inference sessions of a trained checkpoint (SERVE_CKPT, default the `hft` run's):
+      # serve-bench, text generation, the teacher's PyTorch decode/prefill benchmark, and the
+      # per-kernel device time of decode steps at batch 1 and 256.
+      K=${SERVE_CKPT:-/tmp/default.safetensors}
+      "$BUILD/tools/htfr" serve-bench --checkpoint "$K" --commit "${HTFR_COMMIT:-unknown}" \
+        --json "$OUT/serve_bench.json" ${SERVE_ARGS:-} >"$OUT/serve_bench.log" 2>&1 || rc=1
+      grep -E "^batch" "$OUT/serve_bench.log"
+      for p in "The history of the city" "In 1998 , the band released"; do
+        for t in 0 0.8; do
+          "$BUILD/tools/htfr" generate --checkpoint "$K" --gguf /tmp/gguf/gemma-3-270m-q4_k_m.gguf \
+            --prompt "$p" --max-tokens 48 --temperature $t --seed 1 2>&1 | tee -a "$OUT/generate.log" || rc=1
+        done
+      done
+      HTFR_COMMIT=${HTFR_COMMIT:-unknown} python3 bench/torch_teacher.py --json "$OUT/torch_teacher.json" \
+        ${TEACHER_ARGS:-} >"$OUT/torch_teacher.log" 2>&1 || rc=1
+      tail -25 "$OUT/torch_teacher.log"
+      for b in 1 256; do
+        ncu --metrics gpu__time_duration.sum --csv "$BUILD/tools/htfr" serve-bench --checkpoint "$K" \
+          --batches $b --steps 4 --warmup 0 --context 2 >"$OUT/ncu_serve_$b.csv" 2>"$OUT/ncu_serve_$b.err" || rc=1
+        # 6 steps per run; batch 1 runs twice (with and without CUDA graphs).
+        n=6; [ $b = 1 ] && n=12
+        echo "per-kernel device time, batch $b (per step; $n steps profiled, model loading included)"
+        ncu_summary "$OUT/ncu_serve_$b.csv" $n
+      done ;;
     *) echo "unknown mode $mode"; rc=2 ;;
   esac
 done

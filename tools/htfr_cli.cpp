@@ -1,5 +1,6 @@
 // htfr: the command-line face of the HyperField Transformer — train on a teacher capture, evaluate
-// teacher-free with ablations, diagnostic modes and n-gram baselines, and describe a checkpoint.
+// teacher-free with ablations, diagnostic modes and n-gram baselines, describe a checkpoint,
+// generate text and benchmark inference (the last two in htfr_serve.cpp).
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -19,6 +20,7 @@
 #include "htfr/htfr.hpp"
 #include "htfr/hft.hpp"
 #include "htfr/ngram.hpp"
+#include "htfr_serve.hpp"
 
 namespace {
 
@@ -304,7 +306,7 @@ int run_info(const std::string& checkpoint) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"htfr: train and evaluate the two-stage HyperField Transformer"};
+  CLI::App app{"htfr: train, evaluate and run the two-stage HyperField Transformer"};
   app.require_subcommand(1);
   TrainArgs ta;
   auto* train = app.add_subcommand("train", "train both stages on a teacher capture");
@@ -339,6 +341,30 @@ int main(int argc, char** argv) {
   std::string info_path;
   auto* info = app.add_subcommand("info", "describe a checkpoint");
   info->add_option("checkpoint", info_path, "checkpoint file")->required();
+  htfr_cli::GenerateArgs ga;
+  std::string gen_backend = "auto";
+  auto* gen = app.add_subcommand("generate", "continue a prompt teacher-free with a checkpoint");
+  gen->add_option("--checkpoint", ga.checkpoint, "checkpoint file")->required();
+  gen->add_option("--gguf", ga.gguf, "the teacher's GGUF (its tokenizer)")->required();
+  gen->add_option("--prompt", ga.prompt, "text to continue")->required();
+  gen->add_option("--max-tokens", ga.max_tokens, "tokens to generate (stops early at EOS)");
+  gen->add_option("--temperature", ga.temperature, "0: greedy");
+  gen->add_option("--top-p", ga.top_p, "nucleus mass in (0, 1]");
+  gen->add_option("--seed", ga.seed, "sampling seed");
+  gen->add_option("--backend", gen_backend, "cpu, cuda or auto")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  gen->add_flag("--no-graph", ga.no_graph, "do not replay steps as CUDA graphs");
+  gen->add_flag("--any-gguf", ga.any_gguf, "skip the check that the GGUF is the checkpoint's teacher");
+  htfr_cli::ServeBenchArgs sa;
+  auto* serve = app.add_subcommand("serve-bench", "time incremental decode steps on the GPU");
+  serve->add_option("--checkpoint", sa.checkpoint, "checkpoint file")->required();
+  serve->add_option("--batches", sa.batches, "session counts")->delimiter(',');
+  serve->add_option("--steps", sa.steps, "timed steps per batch size");
+  serve->add_option("--warmup", sa.warmup, "untimed steps first");
+  serve->add_option("--context", sa.context, "tokens fed before timing");
+  serve->add_option("--json", sa.json_out, "write the results as JSON");
+  serve->add_option("--commit", sa.commit, "commit recorded in the JSON");
+  serve->add_flag("--eager-all", sa.eager_all, "also time steps without CUDA graphs above batch 1");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train) return run_train(ta);
@@ -347,6 +373,11 @@ int main(int argc, char** argv) {
       return run_eval(ea);
     }
     if (*info) return run_info(info_path);
+    if (*gen) {
+      ga.backend = pick_backend(gen_backend);
+      return htfr_cli::run_generate(ga);
+    }
+    if (*serve) return htfr_cli::run_serve_bench(sa);
   } catch (const htfr::Error& e) {
     std::fprintf(stderr, "\nhtfr: error: %s\n", e.what());
     return 1;
