@@ -67,6 +67,7 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) chosen = best.index, shared_sum = best.value;
   __syncthreads();
   const float zmax = shared_sum;
+  const int argmax = chosen;
 
   if (p.temperature > 0) {
     // Each thread owns a contiguous chunk of classes, so the block scan runs in class order.
@@ -103,6 +104,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     const float local = mass_above(threshold);
     float prefix = 0.0f, kept = 0.0f;
+    __syncthreads();  // every thread has read `argmax`
+    if (threadIdx.x == 0) chosen = INT_MAX;  // claimed below by the thread holding the draw
     __syncthreads();
     Scan(temp.scan).ExclusiveSum(local, prefix, kept);
     const float target = static_cast<float>(sample_uniform(p.seed, s, count[s])) * kept;
@@ -121,6 +124,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
   if (threadIdx.x == 0) {
+    if (chosen == INT_MAX) chosen = argmax;  // rounding left the draw unclaimed
     if (next_class) next_class[s] = chosen;
     if (next) next[s] = class_token[chosen];
   }
