@@ -225,6 +225,41 @@ TEST(Session, BatchedSessionsAreIndependent) {
   expect_sessions_independent(Backend::cpu, Precision::fp32);
 }
 
+/// A teacher id outside the compact vocabulary, one outside the teacher's vocabulary and a
+/// negative id all read as the unk class: sessions fed each of them stay identical.
+void expect_unknown_ids_read_as_unk(Backend backend) {
+  const std::string path = trained_checkpoint(Precision::fp32);
+  HftSessionOptions o;
+  o.sessions = 3;
+  HftSession s = HftSession::load(path, backend, 0, o);
+  const auto& ids = s.compact_token_ids();
+  int32_t outside = 0;  // a teacher token that has no compact class
+  while (std::find(ids.begin(), ids.end(), outside) != ids.end()) ++outside;
+  ASSERT_LT(outside, s.teacher_vocab_size());
+  const auto base = token_sequence(s, 30, 9);
+  std::vector<std::vector<int32_t>> seqs(3, base);
+  for (const int t : {3, 11, 12, 25}) {
+    seqs[0][t] = outside;
+    seqs[1][t] = static_cast<int32_t>(s.teacher_vocab_size() + 5);
+    seqs[2][t] = -7;
+  }
+  const int64_t V = s.vocab_size();
+  const auto l = run_sessions(s, seqs);
+  for (int64_t t = 0; t < 30; ++t)
+    for (int64_t j = 1; j < 3; ++j)
+      EXPECT_EQ(0.0f, max_abs_diff(l.data() + (t * 3) * V, l.data() + (t * 3 + j) * V, V))
+          << "step " << t << " session " << j;
+}
+
+TEST(Session, IdsOutsideTheCompactVocabularyReadAsUnk) {
+  expect_unknown_ids_read_as_unk(Backend::cpu);
+}
+
+TEST(SessionCuda, IdsOutsideTheCompactVocabularyReadAsUnk) {
+  HTFR_SKIP_WITHOUT_GPU();
+  expect_unknown_ids_read_as_unk(Backend::cuda);
+}
+
 TEST(Session, SamplingIsDeterministicForASeed) {
   expect_sampling_behaves(Backend::cpu, Precision::fp32);
 }
