@@ -61,20 +61,14 @@ class CudaBackend final : public ModelBackend {
     DeviceGuard guard(pool_.device());
     cublas_ = std::make_unique<CublasHandle>();
     host_flags_ = std::make_unique<PinnedFlags>(4);
-    if (config_.optimizer == Optimizer::adam) {
-      const int64_t N = config_.num_tensors;
-      (void)N;
-      const std::size_t floats = adam_floats();
-      adam_.reserve(floats * sizeof(float));
-      HTFR_CUDA_CHECK(cudaMemset(adam_.data(), 0, floats * sizeof(float)));
-    }
   }
 
   std::vector<float> optimizer_state(cudaStream_t stream) const override {
     std::vector<float> out;
     if (config_.optimizer != Optimizer::adam) return out;
+    out.assign(adam_floats(), 0.0f);  // zero moments until the first training step
+    if (!adam_.data()) return out;
     DeviceGuard guard(pool_.device());
-    out.resize(adam_floats());
     HTFR_CUDA_CHECK(cudaMemcpyAsync(out.data(), adam_.data(), out.size() * sizeof(float),
                                     cudaMemcpyDeviceToHost, stream));
     HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -84,9 +78,19 @@ class CudaBackend final : public ModelBackend {
   void set_optimizer_state(const std::vector<float>& state, cudaStream_t stream) override {
     if (config_.optimizer != Optimizer::adam) return;
     DeviceGuard guard(pool_.device());
+    allocate_adam(stream);
     HTFR_CUDA_CHECK(cudaMemcpyAsync(adam_.data(), state.data(), adam_floats() * sizeof(float),
                                     cudaMemcpyHostToDevice, stream));
     HTFR_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  /// The Adam moments live on the device only once a model trains (or restores them): a model
+  /// that only runs forward never holds them.
+  void allocate_adam(cudaStream_t stream) {
+    if (adam_.data()) return;
+    const std::size_t floats = adam_floats();
+    adam_.reserve(floats * sizeof(float));
+    HTFR_CUDA_CHECK(cudaMemsetAsync(adam_.data(), 0, floats * sizeof(float), stream));
   }
 
   std::size_t adam_floats() const {
@@ -164,6 +168,7 @@ class CudaBackend final : public ModelBackend {
     a.pair_dots = ws.pair_dots;
     a.pair_grad = ws.pair_grad;
     if (c.optimizer == Optimizer::adam) {
+      allocate_adam(stream);
       const int64_t N = c.num_tensors, D = c.input_dim, M = c.output_dim;
       float* base = static_cast<float*>(adam_.data());
       a.m_controls = base;

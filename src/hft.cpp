@@ -884,6 +884,8 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
                            const std::function<void(const HftTrainProgress&)>& progress) {
   HTFR_NVTX_RANGE("htfr::HftModel::train_epoch");
   Impl& I = *impl_;
+  HTFR_REQUIRE(!I.inference_only, InvalidArgument,
+               "HFT: a model loaded without its optimiser state cannot train");
   const auto& D = *data.impl_;
   const HftConfig& c = I.config;
   const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;

@@ -40,7 +40,7 @@ void save_stage(SafetensorsWriter& w, const std::string& prefix, const HtfrModel
 
 std::unique_ptr<HtfrModel> load_stage(const SafetensorsReader& r, const std::string& prefix,
                                       const HftStageConfig& s, int64_t step, Backend backend,
-                                      int device, cudaStream_t stream) {
+                                      int device, cudaStream_t stream, bool optimizer) {
   const HtfrConfig& c = s.htfr;
   PoolParameters p;
   p.num_tensors = c.num_tensors;
@@ -60,6 +60,7 @@ std::unique_ptr<HtfrModel> load_stage(const SafetensorsReader& r, const std::str
   HyperTensorPool pool = HyperTensorPool::create(backend, N, c.input_dim, c.output_dim, half, device);
   pool.upload(p, stream);
   auto model = std::make_unique<HtfrModel>(c, std::move(pool));
+  if (!optimizer) return model;  // inference: the moments stay on disk
   std::vector<float> opt;
   if (c.optimizer == Optimizer::adam) {
     const int64_t count = 2 * (N * 3 * c.output_dim + N * c.input_dim + 2 * N);
@@ -74,6 +75,9 @@ std::unique_ptr<HtfrModel> load_stage(const SafetensorsReader& r, const std::str
 void HftModel::save(const std::string& path) const {
   HTFR_NVTX_RANGE("htfr::HftModel::save");
   const Impl& I = *impl_;
+  HTFR_REQUIRE(!I.inference_only, InvalidArgument,
+               "HFT: a model loaded without its optimiser state cannot be saved (" << path
+                                                                                  << ")");
   SafetensorsWriter w;
   w.set_metadata("format", kFormat);
   w.set_metadata("version", "1");
@@ -103,7 +107,8 @@ void HftModel::save(const std::string& path) const {
   w.write(path);
 }
 
-HftModel HftModel::load(const std::string& path, Backend backend, int device) {
+HftModel HftModel::load(const std::string& path, Backend backend, int device,
+                        bool optimizer_state) {
   HTFR_NVTX_RANGE("htfr::HftModel::load");
   const SafetensorsReader r(path);
   const auto meta = [&](const std::string& key) { return r.metadata_value(key); };
@@ -160,8 +165,11 @@ HftModel HftModel::load(const std::string& path, Backend backend, int device) {
                    impl->target_proj.input_dim() == L * impl->hidden_size &&
                    impl->target_proj.output_dim() == c.context.history_dim,
                FormatError, path << ": projection sizes disagree with the config");
-  impl->stage1 = load_stage(r, "stage1.", c.stage1, stage1_step, backend, device, impl->stream);
-  impl->stage2 = load_stage(r, "stage2.", c.stage2, stage2_step, backend, device, impl->stream);
+  impl->stage1 = load_stage(r, "stage1.", c.stage1, stage1_step, backend, device, impl->stream,
+                            optimizer_state);
+  impl->stage2 = load_stage(r, "stage2.", c.stage2, stage2_step, backend, device, impl->stream,
+                            optimizer_state);
+  impl->inference_only = !optimizer_state;
   return HftModel(std::move(impl));
 }
 

@@ -318,7 +318,8 @@ HftSession::HftSession(HftModel model, const HftSessionOptions& options) {
 HftSession HftSession::load(const std::string& checkpoint, Backend backend, int device,
                             const HftSessionOptions& options) {
   options.validate();
-  return HftSession(HftModel::load(checkpoint, backend, device), options);
+  return HftSession(HftModel::load(checkpoint, backend, device, /*optimizer_state=*/false),
+                    options);
 }
 
 HftSession::HftSession(HftSession&&) noexcept = default;
@@ -377,6 +378,7 @@ const std::vector<int32_t>& HftSession::compact_token_ids() const {
   return impl_->m->compact_token_ids;
 }
 int32_t HftSession::bos_id() const { return impl_->m->bos_id; }
+const std::string& HftSession::model_sha256() const { return impl_->m->model_sha256; }
 const std::vector<int64_t>& HftSession::lengths() const { return impl_->lengths; }
 const HftConfig& HftSession::config() const { return impl_->m->config; }
 Backend HftSession::backend() const { return impl_->m->backend; }

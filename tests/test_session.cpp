@@ -302,6 +302,17 @@ TEST(Session, BadInputsGetTypedErrors) {
                                  nullptr),
                InvalidArgument);
 
+  // A model loaded for inference holds no optimiser state: it neither trains nor saves.
+  {
+    HftModel served = HftModel::load(path, Backend::cpu, 0, /*optimizer_state=*/false);
+    const CaptureReader reader(kFixture.string());
+    const HftData data = served.load_data(reader);
+    EXPECT_THROW(served.train_epoch(data, false), InvalidArgument);
+    EXPECT_THROW(served.save(temp_path("session_served.safetensors").string()), InvalidArgument);
+    EXPECT_FALSE(std::filesystem::exists(temp_path("session_served.safetensors")));
+    EXPECT_GT(served.evaluate(data).student_ppl, 1.0);
+  }
+
   // A checkpoint whose stored configuration disagrees with its tensors.
   const SafetensorsReader r(path);
   SafetensorsWriter w;

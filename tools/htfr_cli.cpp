@@ -211,7 +211,7 @@ double ngram_ppl(const htfr::NgramModel& m, const htfr::HftData& data) {
 
 int run_eval(const EvalArgs& a) {
   const htfr::Backend backend = pick_backend(a.backend);
-  const htfr::HftModel model = htfr::HftModel::load(a.checkpoint, backend);
+  const htfr::HftModel model = htfr::HftModel::load(a.checkpoint, backend, 0, false);
   const htfr::CaptureReader capture(a.capture);
   const htfr::HftData data = model.load_data(capture, a.max);
   json out{{"checkpoint", a.checkpoint},
@@ -280,7 +280,7 @@ int run_eval(const EvalArgs& a) {
 // ------------------------------------------------------------------ info
 
 int run_info(const std::string& checkpoint) {
-  const htfr::HftModel model = htfr::HftModel::load(checkpoint, htfr::Backend::cpu);
+  const htfr::HftModel model = htfr::HftModel::load(checkpoint, htfr::Backend::cpu, 0, false);
   const htfr::HftConfig& c = model.config();
   std::printf("checkpoint      %s\n", checkpoint.c_str());
   std::printf("epochs done     %lld (pretrain %lld + fine-tune %lld scheduled)\n",

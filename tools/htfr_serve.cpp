@@ -94,8 +94,7 @@ int run_generate(const GenerateArgs& a) {
   htfr::HftSession session = htfr::HftSession::load(a.checkpoint, backend, 0, o);
   const htfr::TokenizerVocab vocab = htfr::read_gguf_vocab(a.gguf);
   if (!a.any_gguf) {
-    const htfr::HftModel info = htfr::HftModel::load(a.checkpoint, htfr::Backend::cpu);
-    if (htfr::sha256_hex(read_whole(a.gguf)) != info.model_sha256())
+    if (htfr::sha256_hex(read_whole(a.gguf)) != session.model_sha256())
       throw htfr::InvalidArgument(a.gguf + " is not the teacher file this checkpoint was "
                                   "distilled from (SHA-256 differs); pass --any-gguf to use its "
                                   "tokenizer anyway");

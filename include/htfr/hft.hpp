@@ -119,8 +119,11 @@ class HftModel {
   /// scales. Throws InvalidArgument (config/capture mismatch), NoDevice, OutOfMemory.
   static HftModel create(const HftConfig& config, const std::vector<float>& embedding,
                          const CaptureReader& train, Backend backend, int device = 0);
-  /// Reads a checkpoint written by save(). Throws IoError, FormatError, InvalidArgument.
-  static HftModel load(const std::string& path, Backend backend, int device = 0);
+  /// Reads a checkpoint written by save(). With `optimizer_state` false the optimiser moments
+  /// are neither read nor held (for inference): such a model cannot train or be saved
+  /// (InvalidArgument). Throws IoError, FormatError, InvalidArgument.
+  static HftModel load(const std::string& path, Backend backend, int device = 0,
+                       bool optimizer_state = true);
   /// Writes everything needed to resume or serve (both pools with optimiser state and
   /// statistics, projections, target projection and statistics, embedding, compact vocabulary,
   /// config, epochs done) to one safetensors file, atomically. Synchronises.

@@ -50,7 +50,8 @@ class HftSession {
  public:
   /// Takes the model. Throws InvalidArgument (bad options), OutOfMemory.
   HftSession(HftModel model, const HftSessionOptions& options);
-  /// Loads a checkpoint written by HftModel::save. Throws IoError, FormatError (including a
+  /// Loads a checkpoint written by HftModel::save, without its optimiser state (inference holds
+  /// the fields alone). Throws IoError, FormatError (including a
   /// checkpoint whose stored configuration does not match its tensors), InvalidArgument.
   static HftSession load(const std::string& checkpoint, Backend backend, int device,
                          const HftSessionOptions& options);
@@ -79,6 +80,7 @@ class HftSession {
   int64_t teacher_vocab_size() const;      ///< ids below this map to compact classes
   const std::vector<int32_t>& compact_token_ids() const;  ///< teacher id of each class but unk
   int32_t bos_id() const;                  ///< the teacher's BOS token (-1 when unknown)
+  const std::string& model_sha256() const; ///< SHA-256 of the teacher file distilled from
   /// Tokens each session holds (host mirror, exact without synchronising).
   const std::vector<int64_t>& lengths() const;
   const HftConfig& config() const;

@@ -60,6 +60,7 @@ struct HftModel::Impl {
   int64_t epochs_done = 0;
   int64_t steps_done = 0;
   int64_t tokens_seen = 0;
+  bool inference_only = false;  ///< loaded without the optimiser state: cannot train or save
   mutable HftWorkspace ws;
   /// Wall seconds per training phase, accumulated while profiling (each phase synchronised).
   bool profiling = false;
