@@ -61,7 +61,11 @@ capture() {  # out corpus tokens [extra args]
 }
 TRAIN="$WORK/capture-train"
 EVAL="$WORK/capture-eval"
-capture "$TRAIN" "$DATA/wiki.valid.raw" "$TRAIN_TOKENS"
+# The compact vocabulary always comes from the protocol's 200,000 training tokens: a shorter
+# capture holds too few distinct tokens for its 4,095 classes.
+vocab_args=()
+[ "$TRAIN_TOKENS" -lt 200000 ] && vocab_args=(--compact-vocab-tokens 200000)
+capture "$TRAIN" "$DATA/wiki.valid.raw" "$TRAIN_TOKENS" "${vocab_args[@]}"
 capture "$EVAL" "$DATA/wiki.test.raw" "$EVAL_TOKENS" --compact-vocab-from "$TRAIN"
 [ -f "$TRAIN/compact_embedding.safetensors" ] || \
   (cd "$ROOT" && "$PY" -m tools.capture.embedding --model "$MODEL" --capture "$TRAIN")

@@ -50,17 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compact-vocab-from", type=Path, default=None, help="reuse this capture's compact vocabulary"
     )
+    p.add_argument(
+        "--compact-vocab-tokens",
+        type=int,
+        default=None,
+        help="build the compact vocabulary from the first N tokens of the corpus (N >= the "
+        "captured tokens; default: the captured tokens), e.g. when a short capture holds too "
+        "few distinct tokens",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-windows", type=int, default=4, help="windows per forward pass")
     p.add_argument("--restart", action="store_true", help="discard an existing capture in --out")
     return p
 
 
-def compact_vocab_entry(args, corpus: TokenizedCorpus, vocab_size: int, model_sha: str) -> dict:
-    """Build the compact vocabulary from this corpus, or copy it from a capture of the same model."""
+def compact_vocab_entry(
+    args, corpus: TokenizedCorpus, vocab_size: int, model_sha: str, vocab_tokens=None
+) -> dict:
+    """Build the compact vocabulary from this corpus (or from ``vocab_tokens``, a longer prefix
+    of it), or copy it from a capture of the same model."""
     if args.compact_vocab_from is None:
-        ids = build_compact_vocab(corpus.tokens, COMPACT_SIZE, vocab_size)
-        source = "self"
+        source_tokens = corpus.tokens if vocab_tokens is None else vocab_tokens
+        ids = build_compact_vocab(source_tokens, COMPACT_SIZE, vocab_size)
+        source = "self" if vocab_tokens is None else f"self, first {len(vocab_tokens)} tokens"
         token_ids = [int(i) for i in ids]
     else:
         other = load_manifest(args.compact_vocab_from)
@@ -200,7 +212,7 @@ def batches(windows: list[Window], size: int):
 def capture(args) -> Path:
     """Run a capture as configured by parsed command-line ``args``; return the directory."""
     args.stride = args.stride or args.window
-    for name in ("max_tokens", "positions_per_shard", "batch_windows"):
+    for name in ("max_tokens", "positions_per_shard", "batch_windows", "compact_vocab_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -212,7 +224,17 @@ def capture(args) -> Path:
     corpus = tokenize_corpus(args.corpus, tokenizer, args.max_tokens)
     windows = plan_windows(int(corpus.tokens.shape[0]), args.window, args.stride)
     model_sha = sha256_file(args.model)
-    compact = compact_vocab_entry(args, corpus, config.vocab_size, model_sha)
+    vocab_tokens = None
+    if args.compact_vocab_tokens is not None:
+        if args.compact_vocab_from is not None:
+            raise ValueError("--compact-vocab-tokens and --compact-vocab-from exclude each other")
+        if args.compact_vocab_tokens < corpus.tokens.shape[0]:
+            raise ValueError(
+                f"--compact-vocab-tokens ({args.compact_vocab_tokens}) must be at least the "
+                f"captured tokens ({corpus.tokens.shape[0]})"
+            )
+        vocab_tokens = tokenize_corpus(args.corpus, tokenizer, args.compact_vocab_tokens).tokens
+    compact = compact_vocab_entry(args, corpus, config.vocab_size, model_sha, vocab_tokens)
     params = manifest_parameters(args, Path(args.model), model_sha, config, vocab, corpus, compact, xp)
     writer = CaptureWriter(args.out, params, restart=args.restart)
     total = total_positions(windows)

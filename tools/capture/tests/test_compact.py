@@ -50,3 +50,24 @@ def test_collapse_keeps_a_tiny_unk_mass_accurate():
     logits[0, :3] = 0.0  # compact tokens hold all but ~3 * e^-60 / 3 of the mass
     _, compact = collapse_logits(np, logits.copy(), np.array([0]), np.array([0, 1, 2]))
     assert compact[0, -1] == pytest.approx(np.log(3 * np.exp(-60.0) / 3), abs=1e-3)
+
+
+def test_compact_vocabulary_from_a_longer_prefix_of_the_corpus():
+    from argparse import Namespace
+    from pathlib import Path
+
+    from tools.capture.capture import COMPACT_SIZE, compact_vocab_entry
+    from tools.capture.corpus import TokenizedCorpus
+
+    # The captured prefix holds fewer distinct tokens than the compact vocabulary needs; the
+    # longer prefix holds enough, and its frequencies decide.
+    short = np.arange(100, dtype=np.int32)
+    longer = np.concatenate([short, np.arange(COMPACT_SIZE + 10, dtype=np.int32), [5, 5, 5]])
+    corpus = TokenizedCorpus(Path("corpus.txt"), "0" * 64, short, int(longer.shape[0]))
+    args = Namespace(compact_vocab_from=None)
+    with pytest.raises(ValueError):
+        compact_vocab_entry(args, corpus, 50000, "sha")
+    entry = compact_vocab_entry(args, corpus, 50000, "sha", vocab_tokens=longer)
+    assert entry["size"] == COMPACT_SIZE and len(entry["token_ids"]) == COMPACT_SIZE - 1
+    assert entry["token_ids"][0] == 5  # the most frequent token of the longer prefix
+    assert entry["source"] == f"self, first {longer.shape[0]} tokens"
