@@ -120,20 +120,27 @@ for mode in "$@"; do
       # Inference sessions of a trained checkpoint (SERVE_CKPT, default the `hft` run's):
       # serve-bench, text generation, the teacher's PyTorch decode/prefill benchmark, and the
       # per-kernel device time of decode steps at batch 1 and 256.
+      # SERVE_UNTRAINED=<capture> benches an untrained model of the same sizes instead (no
+      # teacher file needed); SERVE_TEACHER=0 and SERVE_NCU=0 skip those parts.
       K=${SERVE_CKPT:-/tmp/default.safetensors}
+      untrained=()
+      [ -n "${SERVE_UNTRAINED:-}" ] && untrained=(--untrained-from "$SERVE_UNTRAINED")
       "$BUILD/tools/htfr" serve-bench --checkpoint "$K" --commit "${HTFR_COMMIT:-unknown}" \
-        --json "$OUT/serve_bench.json" ${SERVE_ARGS:-} >"$OUT/serve_bench.log" 2>&1 || rc=1
-      grep -E "^batch" "$OUT/serve_bench.log"
+        --json "$OUT/serve_bench.json" "${untrained[@]}" ${SERVE_ARGS:-} >"$OUT/serve_bench.log" 2>&1 || rc=1
+      grep -E "^batch|error" "$OUT/serve_bench.log"
+      [ -f /tmp/gguf/gemma-3-270m-q4_k_m.gguf ] && [ -z "${SERVE_UNTRAINED:-}" ] &&
       for p in "The history of the city" "In 1998 , the band released"; do
         for t in 0 0.8; do
           "$BUILD/tools/htfr" generate --checkpoint "$K" --gguf /tmp/gguf/gemma-3-270m-q4_k_m.gguf \
             --prompt "$p" --max-tokens 48 --temperature $t --seed 1 2>&1 | tee -a "$OUT/generate.log" || rc=1
         done
       done
-      HTFR_COMMIT=${HTFR_COMMIT:-unknown} python3 bench/torch_teacher.py --json "$OUT/torch_teacher.json" \
-        ${TEACHER_ARGS:-} >"$OUT/torch_teacher.log" 2>&1 || rc=1
-      tail -25 "$OUT/torch_teacher.log"
-      for b in 1 256; do
+      if [ "${SERVE_TEACHER:-1}" = 1 ]; then
+        python3 bench/torch_teacher.py --commit "${HTFR_COMMIT:-unknown}" --json "$OUT/torch_teacher.json" \
+          ${TEACHER_ARGS:-} >"$OUT/torch_teacher.log" 2>&1 || rc=1
+        tail -25 "$OUT/torch_teacher.log"
+      fi
+      [ "${SERVE_NCU:-1}" = 1 ] && for b in 1 256; do
         ncu --metrics gpu__time_duration.sum --csv "$BUILD/tools/htfr" serve-bench --checkpoint "$K" \
           --batches $b --steps 4 --warmup 0 --context 2 >"$OUT/ncu_serve_$b.csv" 2>"$OUT/ncu_serve_$b.err" || rc=1
         # 6 steps per run; batch 1 runs twice (with and without CUDA graphs).

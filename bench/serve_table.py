@@ -49,7 +49,8 @@ def main() -> None:
     out.append(f"| device | {serve['device']} | {teacher['device']} |")
     out.append(f"| date | {serve['date']} | {teacher['date']} |")
     out.append(f"| commit | {serve['commit']} | {teacher['commit']} |")
-    out.append(f"| weights | trained checkpoint | random, same architecture, {teacher['settings']['dtype']} |")
+    out.append(f"| weights | {serve.get('weights', 'trained checkpoint')} | random, same architecture, "
+               f"{teacher['settings']['dtype']} |")
     out.append("")
     out.append("Batch 1, one token per step (medians of CUDA-event timings; the HFT step includes")
     out.append("greedy sampling on the device and feeds its token back):")

@@ -365,6 +365,9 @@ int main(int argc, char** argv) {
   serve->add_option("--json", sa.json_out, "write the results as JSON");
   serve->add_option("--commit", sa.commit, "commit recorded in the JSON");
   serve->add_flag("--eager-all", sa.eager_all, "also time steps without CUDA graphs above batch 1");
+  serve->add_option("--untrained-from", sa.untrained_from,
+                    "first write an untrained default-size model to --checkpoint, its statistics "
+                    "from this capture");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train) return run_train(ta);

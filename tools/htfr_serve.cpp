@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -153,6 +154,17 @@ int run_generate(const GenerateArgs& a) {
 
 int run_serve_bench(const ServeBenchArgs& a) {
   if (htfr::cuda_device_count() == 0) throw htfr::NoDevice("serve-bench needs a CUDA device");
+  if (!a.untrained_from.empty()) {
+    const htfr::CaptureReader capture(a.untrained_from);
+    const htfr::HftConfig config = htfr::default_hft_config();
+    std::vector<float> embedding(
+        static_cast<std::size_t>(config.context.vocab_size * capture.manifest().model.hidden_size));
+    std::mt19937_64 rng(1234);
+    std::normal_distribution<float> normal;
+    for (float& v : embedding) v = normal(rng);
+    htfr::HftModel::create(config, embedding, capture, htfr::Backend::cuda).save(a.checkpoint);
+    std::fprintf(stderr, "wrote an untrained default-size model to %s\n", a.checkpoint.c_str());
+  }
   cuda_check(cudaSetDevice(0), "cudaSetDevice");
   size_t free0 = 0, total = 0;
   cuda_check(cudaMemGetInfo(&free0, &total), "cudaMemGetInfo");
@@ -168,6 +180,7 @@ int run_serve_bench(const ServeBenchArgs& a) {
     out["date"] = buf;
   }
   out["checkpoint"] = a.checkpoint;
+  out["weights"] = a.untrained_from.empty() ? "trained checkpoint" : "untrained (random)";
   out["settings"] = {{"steps", a.steps}, {"warmup", a.warmup}, {"context", a.context}};
   cudaStream_t stream = nullptr;
   cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");

@@ -22,6 +22,10 @@ int run_generate(const GenerateArgs& a);
 
 struct ServeBenchArgs {
   std::string checkpoint, json_out, commit = "unknown";
+  /// When set: first write an untrained model of the default sizes to `checkpoint`, its
+  /// statistics from this capture and a random compact embedding (speed and memory do not
+  /// depend on the weights).
+  std::string untrained_from;
   std::vector<int64_t> batches = {1, 64, 256, 1024};
   int64_t steps = 200, warmup = 20, context = 128;
   bool eager_all = false;
