@@ -1,9 +1,12 @@
-// The fused forward kernel: one block per row; its first warp turns the row's
+// The fused forward kernel: one block per row (or, for few rows, several blocks sharing a row's
+// outputs); its first warp turns the row's
 // selection into weights and interpolation coefficients (the shared formulas, normalised with
 // butterfly reductions, so every lane holds the same sum), then every thread blends its outputs
 // with vectorised reads of the two non-zero control columns of each active tensor.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <algorithm>
 
 #include "blend.cuh"
 #include "detail/check.hpp"
@@ -15,6 +18,7 @@ namespace {
 
 constexpr int kBlendThreads = 256;
 constexpr int kPerLane = 4;  // 32 lanes x 4 entries cover K <= 128
+constexpr int64_t kFewBlocks = 256;  // below this many row tiles, rows are split over blocks
 
 /// Warp 0 of the block: coefficients of row `row` into shared memory (and `coef` if not null).
 __device__ void row_coefficients_warp(const FieldParams& p, int64_t row, int k,
@@ -78,11 +82,14 @@ __global__ void __launch_bounds__(kBlendThreads)
   __shared__ float s_wa[128][3];
   const int64_t row = blockIdx.x;
   if (threadIdx.x < 32) {
-    row_coefficients_warp(params, row, k, indices, distances, pool, coef, s_idx, s_wa);
+    row_coefficients_warp(params, row, k, indices, distances, pool,
+                          blockIdx.y == 0 ? coef : nullptr, s_idx, s_wa);
   }
   __syncthreads();
-  // The whole row in one block, so its coefficients are computed once.
-  for (int64_t tile = 0; tile < m_total; tile += int64_t(kBlendThreads) * VEC) {
+  // Many rows: the whole row in one block, so its coefficients are computed once. Few rows:
+  // gridDim.y blocks share the row's output tiles (each recomputes the coefficients).
+  const int64_t tile_width = int64_t(kBlendThreads) * VEC;
+  for (int64_t tile = blockIdx.y * tile_width; tile < m_total; tile += gridDim.y * tile_width) {
     const int64_t m0 = tile + int64_t(threadIdx.x) * VEC;
     if (m0 >= m_total) break;
     float acc[VEC];
@@ -122,8 +129,14 @@ void launch_blend_typed(const FieldParams& params, int64_t rows, int k, const in
   const int64_t m = pool.output_dim;
   // Vector loads need every column start aligned: M a multiple of 4 does it (slices are
   // 128-byte aligned).
-  const bool vec = m % 4 == 0;
-  const dim3 grid(static_cast<unsigned>(rows));
+  // Few rows (decode steps): one-output tiles, spread over several blocks per row. Each output
+  // is the same sum in the same order either way.
+  const int64_t tiles1 = (m + kBlendThreads - 1) / kBlendThreads;
+  const bool split = rows * ((m + 4 * kBlendThreads - 1) / (4 * kBlendThreads)) < kFewBlocks;
+  const bool vec = m % 4 == 0 && !split;
+  const unsigned splits =
+      split ? static_cast<unsigned>(std::max<int64_t>(1, std::min(tiles1, kFewBlocks / rows))) : 1;
+  const dim3 grid(static_cast<unsigned>(rows), splits);
   if (vec) {
     blend_kernel<T, 4><<<grid, kBlendThreads, 0, stream>>>(params, k, m, indices, distances,
                                                            pool, controls, coef, y);

@@ -2,11 +2,15 @@
 // compacts the candidates that beat the current K-th best into a shared buffer (BlockScan keeps
 // them in index order), and sorts the buffer with BlockRadixSort after the first tile, when it
 // would overflow, and at the end. The threshold from the first tile filters out most later
-// distances, so a typical row needs one 1024-key sort and one small final sort.
+// distances, so a typical row needs one 1024-key sort and one small final sort. With few rows
+// (decode steps), each row is split into slices selected by separate blocks and merged.
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 
+#include <algorithm>
+
 #include "detail/check.hpp"
+#include "detail/device.hpp"
 #include "select_topk.cuh"
 
 namespace htfr::detail {
@@ -77,25 +81,22 @@ __device__ void sort_buffer(SharedStorage& s, int count) {
   else sort_buffer_sized<8>(s, count);
 }
 
-/// VEC4: n is a multiple of 4, so each thread reads its four distances and offsets as one
+/// Leaves the top K of distances [begin, end) of one row (begin a multiple of kTile) sorted by
+/// (|d|, index) in s.keys / s.vals [0, K), padded with kPadKey when the range holds fewer. VEC4:
+/// the row length is a multiple of 4, so each thread reads its four distances and offsets as one
 /// 16-byte load each.
 template <bool VEC4>
-__global__ void __launch_bounds__(kThreads) select_topk_kernel(const float* __restrict__ dots,
-                                                              const float* __restrict__ offsets,
-                                                              int64_t n, int k,
-                                                              int32_t* __restrict__ indices,
-                                                              float* __restrict__ distances) {
-  __shared__ SharedStorage s;
-  const int64_t row = blockIdx.x;
-  const float* d = dots + row * n;
+__device__ void select_range(SharedStorage& s, const float* __restrict__ d,
+                             const float* __restrict__ offsets, int64_t begin, int64_t end,
+                             int k) {
   int count = 0;                  // candidates in the buffer (same value in every thread)
   uint32_t threshold = kPadKey;   // a candidate must have key < threshold
 
-  for (int64_t base = 0; base < n; base += kTile) {
+  for (int64_t base = begin; base < end; base += kTile) {
     uint32_t keys[kLoadItems];
     int flags[kLoadItems];
     const int64_t first = base + threadIdx.x * kLoadItems;
-    if (VEC4 && first + kLoadItems <= n) {
+    if (VEC4 && first + kLoadItems <= end) {
       const float4 dv = *reinterpret_cast<const float4*>(d + first);
       const float4 ov = *reinterpret_cast<const float4*>(offsets + first);
       keys[0] = __float_as_uint(fabsf(dv.x + ov.x));
@@ -106,7 +107,7 @@ __global__ void __launch_bounds__(kThreads) select_topk_kernel(const float* __re
 #pragma unroll
       for (int j = 0; j < kLoadItems; ++j) {
         const int64_t i = first + j;
-        keys[j] = i < n ? __float_as_uint(fabsf(d[i] + offsets[i])) : kPadKey;
+        keys[j] = i < end ? __float_as_uint(fabsf(d[i] + offsets[i])) : kPadKey;
       }
     }
     int pos[kLoadItems], total = 0;
@@ -130,7 +131,7 @@ __global__ void __launch_bounds__(kThreads) select_topk_kernel(const float* __re
     }
     count += total;
     __syncthreads();
-    if (threshold == kPadKey && count >= k && base + kTile < n) {
+    if (threshold == kPadKey && count >= k && base + kTile < end) {
       // After the first tile: a threshold from its K best filters out most of what follows.
       sort_buffer(s, count);
       count = k;
@@ -138,12 +139,73 @@ __global__ void __launch_bounds__(kThreads) select_topk_kernel(const float* __re
     }
   }
   sort_buffer(s, count);
+}
+
+/// Writes the sorted buffer's first K as the row's selection.
+__device__ void write_selection(const SharedStorage& s, const float* __restrict__ d,
+                                const float* __restrict__ offsets, int64_t row, int k,
+                                int32_t* __restrict__ indices, float* __restrict__ distances) {
   for (int j = threadIdx.x; j < k; j += kThreads) {
     const int32_t i = s.vals[j];
     indices[row * k + j] = i;
     distances[row * k + j] = d[i] + offsets[i];
   }
 }
+
+/// One block per row over the whole row.
+template <bool VEC4>
+__global__ void __launch_bounds__(kThreads) select_topk_kernel(const float* __restrict__ dots,
+                                                              const float* __restrict__ offsets,
+                                                              int64_t n, int k,
+                                                              int32_t* __restrict__ indices,
+                                                              float* __restrict__ distances) {
+  __shared__ SharedStorage s;
+  const int64_t row = blockIdx.x;
+  const float* d = dots + row * n;
+  select_range<VEC4>(s, d, offsets, 0, n, k);
+  write_selection(s, d, offsets, row, k, indices, distances);
+}
+
+/// Few rows: block (row, slice) selects the top K of its slice of `len` distances into
+/// part_keys / part_vals [(row * slices + slice) * K ...].
+template <bool VEC4>
+__global__ void __launch_bounds__(kThreads)
+    select_slices_kernel(const float* __restrict__ dots, const float* __restrict__ offsets,
+                         int64_t n, int k, int64_t len, uint32_t* __restrict__ part_keys,
+                         int32_t* __restrict__ part_vals) {
+  __shared__ SharedStorage s;
+  const int64_t row = blockIdx.x, slice = blockIdx.y;
+  const int64_t begin = slice * len, end = begin + len < n ? begin + len : n;
+  select_range<VEC4>(s, dots + row * n, offsets, begin, end, k);
+  const int64_t at = (row * gridDim.y + slice) * k;
+  for (int j = threadIdx.x; j < k; j += kThreads) {
+    part_keys[at + j] = s.keys[j];
+    part_vals[at + j] = s.vals[j];
+  }
+}
+
+/// Merges a row's slice selections. They are laid out slice by slice (index order), each sorted,
+/// and the radix sort is stable, so ties still go to the smaller index: the result equals
+/// select_topk_kernel's.
+__global__ void __launch_bounds__(kThreads)
+    merge_slices_kernel(const float* __restrict__ dots, const float* __restrict__ offsets,
+                        int64_t n, int k, int slices, const uint32_t* __restrict__ part_keys,
+                        const int32_t* __restrict__ part_vals, int32_t* __restrict__ indices,
+                        float* __restrict__ distances) {
+  __shared__ SharedStorage s;
+  const int64_t row = blockIdx.x;
+  const int count = slices * k;
+  for (int j = threadIdx.x; j < count; j += kThreads) {
+    s.keys[j] = part_keys[row * count + j];
+    s.vals[j] = part_vals[row * count + j];
+  }
+  __syncthreads();
+  sort_buffer(s, count);
+  write_selection(s, dots + row * n, offsets, row, k, indices, distances);
+}
+
+/// Rows at or above this count keep one block each: they already fill the GPU.
+constexpr int64_t kSplitBelowRows = 64;
 
 }  // namespace
 
@@ -154,6 +216,31 @@ void launch_select_topk(const float* dots, const float* offsets, int64_t rows, i
   if (rows == 0) return;
   HTFR_REQUIRE(rows < (int64_t{1} << 31), InvalidArgument, "too many rows for one launch");
   const unsigned grid = static_cast<unsigned>(rows);
+  // Few rows: split each row into slices of whole tiles, so that more blocks share the work,
+  // then merge the slices' selections (at most kCapacity candidates per row).
+  int64_t slices = std::min<int64_t>((n + kTile - 1) / kTile, kCapacity / k);
+  if (rows < kSplitBelowRows && slices >= 2) {
+    const int64_t len = ((n + slices - 1) / slices + kTile - 1) / kTile * kTile;
+    slices = (n + len - 1) / len;
+    const std::size_t parts = static_cast<std::size_t>(rows * slices * k);
+    StreamScratch scratch(parts * (sizeof(uint32_t) + sizeof(int32_t)), stream);
+    uint32_t* part_keys = scratch.as<uint32_t>();
+    int32_t* part_vals = reinterpret_cast<int32_t*>(part_keys + parts);
+    const dim3 split_grid(grid, static_cast<unsigned>(slices));
+    if (n % 4 == 0) {
+      select_slices_kernel<true><<<split_grid, kThreads, 0, stream>>>(dots, offsets, n, k, len,
+                                                                      part_keys, part_vals);
+    } else {
+      select_slices_kernel<false><<<split_grid, kThreads, 0, stream>>>(dots, offsets, n, k, len,
+                                                                       part_keys, part_vals);
+    }
+    HTFR_LAUNCH_CHECK();
+    merge_slices_kernel<<<grid, kThreads, 0, stream>>>(dots, offsets, n, k,
+                                                       static_cast<int>(slices), part_keys,
+                                                       part_vals, indices, distances);
+    HTFR_LAUNCH_CHECK();
+    return;
+  }
   if (n % 4 == 0) {
     select_topk_kernel<true><<<grid, kThreads, 0, stream>>>(dots, offsets, n, k, indices,
                                                             distances);
