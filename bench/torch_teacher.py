@@ -48,15 +48,16 @@ import gc
 import inspect
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
 import torch
+
+# The shared output helpers of the benchmarks (this directory is on sys.path when run as a script).
+from torch_baseline import fmt_rate, git_commit, write_json
 
 # Gemma 3 270M, text model. Values from the gemma3.* metadata of the teacher GGUF
 # (teacher/gemma-3-270m-q4_k_m.gguf), except where a comment says otherwise:
@@ -644,44 +645,6 @@ def run_prefill(model, config, args, device) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------------
-
-
-def git_commit() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                           text=True, timeout=10)
-        if r.returncode == 0 and r.stdout.strip():
-            return r.stdout.strip()
-    except Exception:
-        pass
-    return os.environ.get("HTFR_COMMIT") or "unknown"
-
-
-def write_json(path, doc):
-    """Writes doc to a regular file atomically (temporary + rename); a device or pipe such as
-    /dev/stdout is written through, never replaced."""
-    path = Path(path)
-    text = json.dumps(doc, indent=2) + "\n"
-    if path.exists() and not path.is_file():
-        with open(path, "w") as f:
-            f.write(text)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def fmt_rate(v):
-    if v is None:
-        return "-"
-    if v >= 1e6:
-        return f"{v / 1e6:.2f}M"
-    if v >= 1e3:
-        return f"{v / 1e3:.1f}k"
-    return f"{v:.0f}"
 
 
 def fmt_mib(v):
