@@ -250,14 +250,16 @@ struct HftSession::Impl {
     graph_key = k;
   }
 
+  /// Waits for every step in flight (on whatever stream the caller used), then zeroes the
+  /// counts: a session only ever reads ring and history slots of its own positions.
+  void wait_idle() {
+    if (m->backend != Backend::cuda) return;
+    detail::DeviceGuard guard(m->device);
+    HTFR_CUDA_CHECK(cudaDeviceSynchronize());
+  }
   void reset_all() {
-    detail::sync(m->backend, m->device, m->stream);
-    if (m->backend == Backend::cuda) {
-      detail::DeviceGuard guard(m->device);
-      HTFR_CUDA_CHECK(cudaDeviceSynchronize());
-    }
+    wait_idle();
     count.zero(m->stream);
-    history.zero(m->stream);
     detail::sync(m->backend, m->device, m->stream);
     std::fill(lengths.begin(), lengths.end(), 0);
   }
@@ -360,11 +362,7 @@ void HftSession::reset(int64_t session) {
   Impl& I = *impl_;
   HTFR_REQUIRE(session >= 0 && session < I.S, InvalidArgument,
                "session: index " << session << " outside [0, " << I.S << ")");
-  if (I.m->backend == Backend::cuda) {
-    detail::DeviceGuard guard(I.m->device);
-    HTFR_CUDA_CHECK(cudaDeviceSynchronize());
-  }
-  // Only the count matters: a session reads ring and history slots of its own positions alone.
+  I.wait_idle();
   const int32_t zero = 0;
   I.count.upload(&zero, 1, session, I.m->stream);
   detail::sync(I.m->backend, I.m->device, I.m->stream);
