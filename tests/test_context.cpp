@@ -232,6 +232,17 @@ TEST(Context, BadInputsAreRejected) {
   const ContextRows missing{nullptr, 4, nullptr, nullptr, nullptr, 1};
   std::vector<float> raw(b.layout().stage1_dim);
   EXPECT_THROW(b.stage1(missing, raw.data(), nullptr), InvalidArgument);
+  // A rolling token buffer must hold at least the window (and fit its stride).
+  const int64_t W = c.window;
+  std::vector<int32_t> ring(static_cast<std::size_t>(W + 1), 0), one{0}, pos{static_cast<int32_t>(3 * W)};
+  std::vector<float> hist(static_cast<std::size_t>(c.history * c.history_dim), 0.0f);
+  ContextRows rolling{ring.data(), W + 1, hist.data(), one.data(), pos.data(), 1};
+  rolling.token_ring = W + 1;
+  EXPECT_NO_THROW(b.stage1(rolling, raw.data(), nullptr));
+  rolling.token_ring = W - 1;
+  EXPECT_THROW(b.stage1(rolling, raw.data(), nullptr), InvalidArgument);
+  rolling.token_ring = W + 2;  // beyond the stride
+  EXPECT_THROW(b.stage1(rolling, raw.data(), nullptr), InvalidArgument);
 }
 
 TEST(ContextCuda, MatchesCpuOnOddBatches) {
