@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 
 # The shared output helpers of the benchmarks (this directory is on sys.path when run as a script).
-from torch_baseline import fmt_rate, git_commit, write_json
+from torch_baseline import fmt_rate, git_commit, is_oom, write_json
 
 # Gemma 3 270M, text model. Values from the gemma3.* metadata of the teacher GGUF
 # (teacher/gemma-3-270m-q4_k_m.gguf), except where a comment says otherwise:
@@ -299,16 +299,6 @@ def sdpa_context(name: str):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
-
-
-def is_oom(exc: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError, or a library's allocation failure reported as RuntimeError."""
-    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text
-                                              or "cublas_status_alloc_failed" in text)
 
 
 def error_text(exc: BaseException, limit: int = 2000) -> str:
