@@ -23,9 +23,18 @@ namespace {
 
 using namespace test;
 
-/// A tiny model trained for one epoch on the fixture, saved once per backend precision.
+/// Checkpoint files of this test process, removed when it exits.
+struct TempFiles {
+  std::map<Precision, std::string> paths;
+  ~TempFiles() {
+    for (const auto& [precision, path] : paths) std::filesystem::remove(path);
+  }
+};
+
+/// A tiny model trained for one epoch on the fixture, saved once per precision and process.
 std::string trained_checkpoint(Precision precision) {
-  static std::map<Precision, std::string> paths;
+  static TempFiles files;
+  auto& paths = files.paths;
   auto it = paths.find(precision);
   if (it != paths.end()) return it->second;
   const CaptureReader reader(kFixture.string());
