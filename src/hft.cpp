@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <initializer_list>
 #include <numeric>
 #include <random>
 #include <unordered_map>
@@ -139,8 +140,8 @@ HftConfig small_hft_config() {
 
 namespace {
 
-template <typename E, std::size_t N>
-E enum_from(const std::string& key, const std::string& text, const E (&values)[N],
+template <typename E>
+E enum_from(const std::string& key, const std::string& text, std::initializer_list<E> values,
             const char* (*name)(E)) {
   for (E v : values)
     if (text == name(v)) return v;
@@ -189,6 +190,16 @@ void read_key(const json& j, const std::string& path, const char* key, T& out) {
   }
 }
 
+/// Reads the optional key `key` naming one of `values` (by `name`) into `out`.
+template <typename E>
+void read_enum(const json& j, const std::string& path, const char* key,
+               std::initializer_list<E> values, const char* (*name)(E), E& out) {
+  if (!j.contains(key)) return;
+  std::string text;
+  read_key(j, path, key, text);
+  out = enum_from(path + key, text, values, name);
+}
+
 void check_keys(const json& j, const std::string& path, std::initializer_list<const char*> keys) {
   HTFR_REQUIRE(j.is_object(), InvalidArgument, "config: '" << path << "' must be an object");
   for (const auto& item : j.items()) {
@@ -220,38 +231,19 @@ void htfr_from_json(const json& j, const std::string& path, HtfrConfig& c) {
   read_key(j, path, "adam_beta2", c.adam_beta2);
   read_key(j, path, "adam_eps", c.adam_eps);
   read_key(j, path, "check_finite", c.check_finite);
-  std::string text;
-  if (j.contains("weighting")) {
-    read_key(j, path, "weighting", text);
-    const Weighting all[] = {Weighting::softmax, Weighting::inverse_distance, Weighting::triangular,
-                             Weighting::epanechnikov};
-    c.weighting = enum_from(path + "weighting", text, all, to_string);
-  }
-  if (j.contains("interpolation")) {
-    read_key(j, path, "interpolation", text);
-    const Interpolation all[] = {Interpolation::linear, Interpolation::hermite};
-    c.interpolation = enum_from(path + "interpolation", text, all, to_string);
-  }
-  if (j.contains("loss")) {
-    read_key(j, path, "loss", text);
-    const Loss all[] = {Loss::mse, Loss::cross_entropy, Loss::kl, Loss::mixed};
-    c.loss = enum_from(path + "loss", text, all, to_string);
-  }
-  if (j.contains("reduction")) {
-    read_key(j, path, "reduction", text);
-    const Reduction all[] = {Reduction::sum, Reduction::mean};
-    c.reduction = enum_from(path + "reduction", text, all, reduction_name);
-  }
-  if (j.contains("optimizer")) {
-    read_key(j, path, "optimizer", text);
-    const Optimizer all[] = {Optimizer::sgd, Optimizer::adam};
-    c.optimizer = enum_from(path + "optimizer", text, all, to_string);
-  }
-  if (j.contains("precision")) {
-    read_key(j, path, "precision", text);
-    const Precision all[] = {Precision::fp32, Precision::tf32, Precision::bf16, Precision::fp16};
-    c.precision = enum_from(path + "precision", text, all, to_string);
-  }
+  read_enum(j, path, "weighting",
+            {Weighting::softmax, Weighting::inverse_distance, Weighting::triangular,
+             Weighting::epanechnikov},
+            to_string, c.weighting);
+  read_enum(j, path, "interpolation", {Interpolation::linear, Interpolation::hermite}, to_string,
+            c.interpolation);
+  read_enum(j, path, "loss", {Loss::mse, Loss::cross_entropy, Loss::kl, Loss::mixed}, to_string,
+            c.loss);
+  read_enum(j, path, "reduction", {Reduction::sum, Reduction::mean}, reduction_name, c.reduction);
+  read_enum(j, path, "optimizer", {Optimizer::sgd, Optimizer::adam}, to_string, c.optimizer);
+  read_enum(j, path, "precision",
+            {Precision::fp32, Precision::tf32, Precision::bf16, Precision::fp16}, to_string,
+            c.precision);
 }
 
 json stage_to_json(const HftStageConfig& s) {
@@ -380,8 +372,9 @@ const char* to_string(HftMode mode) {
 }
 
 HftMode hft_mode_from_string(const std::string& name) {
-  const HftMode all[] = {HftMode::teacher_free, HftMode::teacher_assisted, HftMode::leaky};
-  return enum_from("mode", name, all, to_string);
+  return enum_from("mode", name,
+                   {HftMode::teacher_free, HftMode::teacher_assisted, HftMode::leaky},
+                   to_string);
 }
 
 // ---------------------------------------------------------------- compact embedding

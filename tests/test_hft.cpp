@@ -46,6 +46,8 @@ TEST(HftConfigJson, RoundTripsAndNamesBadKeys) {
             std::string::npos);
   EXPECT_NE(message(R"({"stage2": {"htfr": {"optimizer": "lbfgs"}}})").find("adam"),
             std::string::npos);
+  EXPECT_NE(message(R"({"stage2": {"htfr": {"precision": "fp8"}}})").find("stage2.htfr.precision"),
+            std::string::npos);
   EXPECT_NE(message("{not json").find("JSON"), std::string::npos);
   EXPECT_NE(message(R"({"stage1": {"htfr": {"loss": "kl"}}})").find("stage1.loss"),
             std::string::npos);
