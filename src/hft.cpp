@@ -1061,45 +1061,64 @@ std::vector<int32_t> HftModel::Impl::compact_map() const {
 
 const std::string& HftModel::model_sha256() const { return impl_->model_sha256; }
 
+void HftModel::Impl::run_streams(const int32_t* tokens, int64_t streams, int64_t length,
+                                 const StreamRun& run) const {
+  const HftConfig& c = config;
+  const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;
+  HTFR_REQUIRE(streams >= 1 && length >= 1 && length < (int64_t{1} << 31) &&
+                   streams < (int64_t{1} << 31),
+               InvalidArgument, "HFT: run_streams needs streams and length in [1, 2^31), got "
+                                    << streams << " x " << length);
+  const ContextBuilder& b = run.builder ? *run.builder : *builder;
+  const detail::RowOps ops{backend, stream};
+  std::vector<int32_t> stream_of(static_cast<std::size_t>(streams)),
+      position(static_cast<std::size_t>(streams * length));
+  std::iota(stream_of.begin(), stream_of.end(), 0);
+  for (int64_t q = 0; q < length; ++q)
+    std::fill_n(position.begin() + q * streams, streams, static_cast<int32_t>(q));
+  detail::BackendArray<int32_t> pos(backend, device, streams * length), ids(backend, device, streams);
+  pos.upload(position.data(), streams * length, 0, stream);
+  ids.upload(stream_of.data(), streams, 0, stream);
+  reserve_batch(ws, c, builder->layout(), streams);
+  ws.history.reserve(streams * R * H);
+  ws.history.zero(stream);
+  // One position of every stream per step, in order: the history rings then hold what
+  // inference would have.
+  for (int64_t q = 0; q < length; ++q) {
+    const ContextRows rows{tokens, length, ws.history.data(), ids.data(),
+                           pos.data() + q * streams, streams};
+    b.stage1(rows, ws.raw1.data(), stream);
+    proj1.apply(ws.raw1.data(), ws.x1.data(), DType::f32, streams, stream);
+    stage1->forward(ws.x1.data(), streams, ws.y1.data(), stream);
+    ops.history_write(ws.y1.data(), rows.stream, rows.position, streams, R, H, ws.history.data());
+    b.stage2(rows, run.stage1 ? ws.y1.data() : nullptr, ws.raw2.data(), stream);
+    proj2.apply(ws.raw2.data(), ws.x2.data(), DType::f32, streams, stream);
+    float* out = run.logits ? run.logits + q * streams * V : ws.q.data();
+    stage2->forward(ws.x2.data(), streams, out, stream);
+    if (run.after_position) run.after_position(q, out, ws.x2.data());
+  }
+}
+
 std::vector<float> HftModel::sequence_logits(const std::vector<int32_t>& tokens) const {
   HTFR_NVTX_RANGE("htfr::HftModel::sequence_logits");
   Impl& I = *impl_;
-  const HftConfig& c = I.config;
   const int64_t n = static_cast<int64_t>(tokens.size());
-  const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;
+  const int64_t V = I.config.context.vocab_size;
   HTFR_REQUIRE(n >= 1 && n < (int64_t{1} << 31), InvalidArgument,
                "sequence_logits: needs 1 to 2^31 - 1 tokens, got " << n);
-  cudaStream_t stream = I.stream;
-  const detail::RowOps ops{I.backend, stream};
   const std::vector<int32_t> map = I.compact_map();
-  std::vector<int32_t> compact(tokens.size()), position(tokens.size()), zeros(tokens.size(), 0);
+  std::vector<int32_t> compact(tokens.size());
   for (int64_t q = 0; q < n; ++q) {
     const int32_t t = tokens[q];
     compact[q] = t >= 0 && t < I.teacher_vocab_size ? map[t] : static_cast<int32_t>(V - 1);
-    position[q] = static_cast<int32_t>(q);
   }
-  detail::BackendArray<int32_t> toks(I.backend, I.device, n), pos(I.backend, I.device, n),
-      streams(I.backend, I.device, n);
+  detail::BackendArray<int32_t> toks(I.backend, I.device, n);
   detail::BackendArray<float> logits(I.backend, I.device, n * V);
-  toks.upload(compact.data(), n, 0, stream);
-  pos.upload(position.data(), n, 0, stream);
-  streams.upload(zeros.data(), n, 0, stream);
-  reserve_batch(I.ws, c, I.builder->layout(), 1);
-  I.ws.history.reserve(R * H);
-  I.ws.history.zero(stream);
-  // One position per step, in order: the history ring then holds what inference would have.
-  for (int64_t q = 0; q < n; ++q) {
-    const ContextRows rows{toks.data(), n, I.ws.history.data(), streams.data() + q,
-                           pos.data() + q, 1};
-    I.builder->stage1(rows, I.ws.raw1.data(), stream);
-    I.proj1.apply(I.ws.raw1.data(), I.ws.x1.data(), DType::f32, 1, stream);
-    I.stage1->forward(I.ws.x1.data(), 1, I.ws.y1.data(), stream);
-    ops.history_write(I.ws.y1.data(), rows.stream, rows.position, 1, R, H, I.ws.history.data());
-    I.builder->stage2(rows, I.ws.y1.data(), I.ws.raw2.data(), stream);
-    I.proj2.apply(I.ws.raw2.data(), I.ws.x2.data(), DType::f32, 1, stream);
-    I.stage2->forward(I.ws.x2.data(), 1, logits.data() + q * V, stream);
-  }
-  return logits.download(stream);
+  toks.upload(compact.data(), n, 0, I.stream);
+  StreamRun run;
+  run.logits = logits.data();
+  I.run_streams(toks.data(), 1, n, run);
+  return logits.download(I.stream);
 }
 
 std::string HftModel::statistics_json() const {

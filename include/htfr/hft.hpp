@@ -177,6 +177,7 @@ class HftModel {
 
  private:
   friend class HftSession;
+  friend struct HftInternals;
   explicit HftModel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
@@ -200,6 +201,7 @@ class HftData {
 
  private:
   friend class HftModel;
+  friend struct HftInternals;
   explicit HftData(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

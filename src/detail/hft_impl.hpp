@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <utility>
 #include <string>
@@ -38,6 +39,18 @@ struct HftWorkspace {
   detail::BackendArray<int32_t> row_stream, row_position, row_target;
   detail::BackendArray<int64_t> row_index;
   detail::BackendArray<float> history;
+};
+
+/// How HftModel::Impl::run_streams builds its rows (the defaults are inference's).
+struct StreamRun {
+  const ContextBuilder* builder = nullptr;  ///< null: the model's
+  bool stage1 = true;                       ///< false: Stage 2 sees a zero Stage 1 embedding
+  /// length x streams x V logits on the backend (position-major), or null: each position's
+  /// logits are left in the workspace for after_position only.
+  float* logits = nullptr;
+  /// Called after each position q with that position's streams x V logits (backend memory,
+  /// valid until the next position) and its Stage 2 inputs as projected (streams x input dim).
+  std::function<void(int64_t q, const float* logits, const float* x2)> after_position;
 };
 
 struct HftModel::Impl {
@@ -76,6 +89,18 @@ struct HftModel::Impl {
   void init_runtime();
   /// Compact class of every teacher token id (teacher_vocab_size entries; unk where none).
   std::vector<int32_t> compact_map() const;
+  /// Teacher-free logits of `streams` token sequences side by side: `tokens` is streams x length
+  /// compact ids in the backend's memory (trusted: check them first), position q of every
+  /// stream is one batch of `streams` rows, in order, so each stream's history ring holds what
+  /// inference would have. Asynchronous on `stream` apart from what after_position does.
+  void run_streams(const int32_t* tokens, int64_t streams, int64_t length,
+                   const StreamRun& run) const;
+};
+
+/// Access to the state behind the HFT classes for the library's own diagnostics (verify.cpp).
+struct HftInternals {
+  static HftModel::Impl& of(const HftModel& model) { return *model.impl_; }
+  static const HftData::Impl& of(const HftData& data) { return *data.impl_; }
 };
 
 }  // namespace htfr
