@@ -167,7 +167,10 @@ ContextBuilder::ContextBuilder(ContextBuilder&& o) noexcept
       backend_(o.backend_),
       device_(o.device_),
       host_table_(std::move(o.host_table_)),
-      device_table_(std::exchange(o.device_table_, nullptr)) {}
+      device_table_(std::exchange(o.device_table_, nullptr)),
+      phase_mul_(o.phase_mul_),
+      phase_add_(o.phase_add_),
+      phase_mask_(o.phase_mask_) {}
 
 ContextBuilder& ContextBuilder::operator=(ContextBuilder&& o) noexcept {
   if (this != &o) {
@@ -178,6 +181,9 @@ ContextBuilder& ContextBuilder::operator=(ContextBuilder&& o) noexcept {
     device_ = o.device_;
     host_table_ = std::move(o.host_table_);
     device_table_ = std::exchange(o.device_table_, nullptr);
+    phase_mul_ = o.phase_mul_;
+    phase_add_ = o.phase_add_;
+    phase_mask_ = o.phase_mask_;
   }
   return *this;
 }
@@ -188,6 +194,31 @@ void ContextBuilder::set_scales(float scale, float stage2_scale) {
   c.stage2_scale = stage2_scale;
   c.validate();
   config_ = c;
+}
+
+void ContextBuilder::set_phase_permutation(uint64_t seed, int64_t span) {
+  if (seed == 0) {
+    phase_mul_ = phase_add_ = phase_mask_ = 0;
+    return;
+  }
+  HTFR_REQUIRE(span >= 2 && (span & (span - 1)) == 0, InvalidArgument,
+               "context: phase permutation span must be a power of two >= 2, got " << span);
+  uint64_t state = seed;
+  const auto mask = static_cast<uint64_t>(span - 1);
+  // An odd multiplier other than 1 and any offset give a permutation of [0, span).
+  uint64_t mul = (detail::splitmix64(state) & mask) | 1u;
+  if (mul == 1 && span > 2) mul = 3;
+  phase_mul_ = mul;
+  phase_add_ = detail::splitmix64(state) & mask;
+  phase_mask_ = mask;
+}
+
+detail::ContextParams ContextBuilder::params() const {
+  detail::ContextParams p = detail::context_params(config_, layout_);
+  p.phase_mul = phase_mul_;
+  p.phase_add = phase_add_;
+  p.phase_mask = phase_mask_;
+  return p;
 }
 
 void ContextBuilder::check_tokens(const int32_t* tokens, int64_t count) const {
@@ -221,7 +252,7 @@ void ContextBuilder::stage1(const ContextRows& rows, float* raw, cudaStream_t st
   if (rows.rows == 0) return;
   HTFR_REQUIRE(raw, InvalidArgument, "context: raw output is null");
   detail::require_memory(raw, backend_, device_, "raw");
-  const auto params = detail::context_params(config_, layout_);
+  const auto params = this->params();
   if (backend_ == Backend::cuda) {
     detail::DeviceGuard guard(device_);
     detail::launch_context_stage1(params, device_table_, rows, raw, stream);
@@ -243,7 +274,7 @@ void ContextBuilder::stage2(const ContextRows& rows, const float* embedding_rows
   HTFR_REQUIRE(raw, InvalidArgument, "context: raw output is null");
   detail::require_memory(raw, backend_, device_, "raw");
   detail::require_memory(embedding_rows, backend_, device_, "embedding_rows");
-  const auto params = detail::context_params(config_, layout_);
+  const auto params = this->params();
   if (backend_ == Backend::cuda) {
     detail::DeviceGuard guard(device_);
     detail::launch_context_stage2(params, device_table_, rows, embedding_rows, raw, stream);

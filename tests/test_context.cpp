@@ -74,6 +74,12 @@ std::vector<float> build1(const ContextBuilder& b, const Streams& s, std::vector
   return raw;
 }
 
+/// Phase component k of slot 0 of a row at position q, as the unpermuted builder writes it.
+float plain_phase(const ContextBuilder& b, const Streams& s, int64_t q, int64_t k) {
+  const auto raw = build1(b, s, {0}, {static_cast<int32_t>(q)});
+  return raw[b.config().embedding_dim + k];
+}
+
 TEST(Context, LayoutAddsUp) {
   const ContextConfig c = small_context();
   const ContextLayout l = context_layout(c);
@@ -206,6 +212,52 @@ TEST(Context, Stage2AndItsEmbeddingGradient) {
   EXPECT_NEAR(lhs, rhs, 1e-4 * (1 + std::fabs(rhs)));
 }
 
+TEST(Context, PhasePermutationMovesOnlyThePhases) {
+  const ContextConfig c = small_context();
+  const auto emb = random_normal(c.vocab_size * c.embedding_dim, 21);
+  const ContextBuilder plain(c, emb);
+  ContextBuilder permuted(c, emb);
+  const Streams s = random_streams(c, 22);
+  const ContextLayout l = plain.layout();
+  std::vector<int32_t> st, po;
+  for (int32_t p = 0; p < 16; ++p) {
+    st.push_back(p % 3);
+    po.push_back(p);
+  }
+  permuted.set_phase_permutation(5, 16);
+  const auto a = build1(plain, s, st, po), b = build1(permuted, s, st, po);
+  // Slot j of a row at position p carries the phases of position pi(p - j), pi a permutation.
+  std::set<int64_t> images;
+  for (int64_t r = 0; r < 16; ++r) {
+    const int64_t p = po[r];
+    int64_t image = -1;
+    for (int64_t cand = 0; cand < 16 && image < 0; ++cand) {
+      bool all = true;
+      for (int64_t k = 0; k < 2 * c.phase_pairs && all; ++k) {
+        const float want = b[r * l.stage1_dim + c.embedding_dim + k];
+        const float got = plain_phase(plain, s, cand, k);
+        all = std::fabs(want - got) <= 1e-6f;
+      }
+      if (all) image = cand;
+    }
+    ASSERT_GE(image, 0) << "row " << r;
+    images.insert(image);
+    for (int64_t i = 0; i < l.stage1_dim; ++i) {
+      const int64_t j = i / l.slot_width, k = i % l.slot_width;
+      const bool phase = i < l.bloom && j <= p && k >= c.embedding_dim &&
+                         k < c.embedding_dim + 2 * c.phase_pairs;
+      if (!phase) EXPECT_EQ(a[r * l.stage1_dim + i], b[r * l.stage1_dim + i]) << r << " " << i;
+    }
+  }
+  EXPECT_EQ(images.size(), 16u);  // slot 0 of positions 0..15: a permutation of [0, 16)
+  EXPECT_NE(a, b);
+  // Seed 0 restores the true phases; spans that are not powers of two are refused.
+  permuted.set_phase_permutation(0, 0);
+  EXPECT_EQ(build1(permuted, s, st, po), a);
+  EXPECT_THROW(permuted.set_phase_permutation(5, 12), InvalidArgument);
+  EXPECT_THROW(permuted.set_phase_permutation(5, 1), InvalidArgument);
+}
+
 TEST(Context, BadInputsAreRejected) {
   ContextConfig c = small_context();
   const auto emb = random_normal(c.vocab_size * c.embedding_dim, 1);
@@ -273,6 +325,17 @@ TEST(ContextCuda, MatchesCpuOnOddBatches) {
   ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
   // Embedding, mask, history, Bloom and meta values are the same products in the same order;
   // phases use double sin/cos, which may differ in the last bit between host and device.
+  EXPECT_TRUE(all_close(d_raw1.download(), want1, 1e-6, 1e-6));
+  EXPECT_TRUE(all_close(d_raw2.download(), want2, 1e-6, 1e-6));
+  // The same with the diagnostic phase permutation on both.
+  ContextBuilder cpu_p(c, emb), gpu_p(c, emb, Backend::cuda);
+  cpu_p.set_phase_permutation(9, 32);
+  gpu_p.set_phase_permutation(9, 32);
+  cpu_p.stage1(host_rows, want1.data(), nullptr);
+  cpu_p.stage2(host_rows, e.data(), want2.data(), nullptr);
+  gpu_p.stage1(dev_rows, d_raw1.get(), stream.s);
+  gpu_p.stage2(dev_rows, d_e.get(), d_raw2.get(), stream.s);
+  ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
   EXPECT_TRUE(all_close(d_raw1.download(), want1, 1e-6, 1e-6));
   EXPECT_TRUE(all_close(d_raw2.download(), want2, 1e-6, 1e-6));
   const auto g = random_normal(B * l.stage2_dim, 15);

@@ -85,6 +85,10 @@ struct ContextRows {
   int64_t token_ring = 0;
 };
 
+namespace detail {
+struct ContextParams;
+}
+
 /// Builds raw feature rows on one backend. Holds the unit-normalised embedding table (a copy in
 /// the backend's memory).
 class ContextBuilder {
@@ -121,8 +125,14 @@ class ContextBuilder {
   int device() const { return device_; }
   /// Sets `scale` / `stage2_scale` (e.g. once measured on data).
   void set_scales(float scale, float stage2_scale);
+  /// Diagnostic (verify.hpp): computes every phase feature from a permuted position, q -> (a q +
+  /// b) mod span, with a odd and b drawn from `seed`, so the phases no longer say where a token
+  /// is while everything else stays the same. `span` (a power of two) covers the positions in
+  /// use; seed 0 restores the true phases. Throws InvalidArgument for a bad span.
+  void set_phase_permutation(uint64_t seed, int64_t span);
 
  private:
+  detail::ContextParams params() const;
   void release() noexcept;
   ContextConfig config_;
   ContextLayout layout_;
@@ -130,6 +140,7 @@ class ContextBuilder {
   int device_ = 0;
   std::vector<float> host_table_;       ///< normalised embedding (CPU backend)
   float* device_table_ = nullptr;       ///< normalised embedding (CUDA backend)
+  uint64_t phase_mul_ = 0, phase_add_ = 0, phase_mask_ = 0;  ///< set_phase_permutation
 };
 
 }  // namespace htfr

@@ -23,6 +23,8 @@ struct ContextParams {
   float bloom_weight = 0, history_weight = 0, tail_decay = 0, tail_weight = 0, stage1_weight = 0;
   float scale = 1, stage2_scale = 1, phase_base = 10000;
   uint64_t hash_seed = 0;
+  /// Diagnostic permutation of the positions the phases are computed from (mul == 0: none).
+  uint64_t phase_mul = 0, phase_add = 0, phase_mask = 0;
   int num_orders = 0;
   int orders[kMaxNgramOrders] = {};
 };
@@ -50,6 +52,13 @@ HTFR_HD float phase_value(int64_t position, int64_t k, int64_t P, float base) {
   return static_cast<float>((k & 1) ? cos(angle) : sin(angle));
 }
 
+/// The position whose phases position q carries: q itself, or its image under the diagnostic
+/// permutation q -> (mul * q + add) mod span of ContextBuilder::set_phase_permutation.
+HTFR_HD int64_t phase_position(const ContextParams& c, int64_t q) {
+  if (c.phase_mul == 0) return q;
+  return static_cast<int64_t>((c.phase_mul * static_cast<uint64_t>(q) + c.phase_add) & c.phase_mask);
+}
+
 /// Value of Stage 1 feature i (outside the Bloom group, which stage1_bloom_* fill) for the row at
 /// position p of a stream whose tokens start at `toks` and whose history ring starts at `hist`.
 HTFR_HD float stage1_dense_value(const ContextParams& c, const float* table, TokenView toks,
@@ -59,7 +68,7 @@ HTFR_HD float stage1_dense_value(const ContextParams& c, const float* table, Tok
     if (j > p) return 0.0f;  // before the start of the stream
     const float w = decay_power(c.slot_decay, j) * c.scale;
     if (k < c.E) return table[static_cast<int64_t>(toks[p - j]) * c.E + k] * c.embedding_weight * w;
-    if (k < c.E + 2 * c.P) return phase_value(p - j, k - c.E, c.P, c.phase_base) * c.phase_weight * w;
+    if (k < c.E + 2 * c.P) return phase_value(phase_position(c, p - j), k - c.E, c.P, c.phase_base) * c.phase_weight * w;
     return c.mask_weight * w;
   }
   if (i < c.history_offset) return 0.0f;  // Bloom buckets start empty
@@ -109,7 +118,8 @@ HTFR_HD float stage2_value(const ContextParams& c, const float* table, TokenView
            c.tail_weight * c.stage2_scale;
   }
   const int64_t m = i - c.s2_meta_offset;
-  if (m < 2 * c.P) return phase_value(p, m, c.P, c.phase_base) * c.phase_weight * c.stage2_scale;
+  if (m < 2 * c.P)
+    return phase_value(phase_position(c, p), m, c.P, c.phase_base) * c.phase_weight * c.stage2_scale;
   return c.stage2_scale;
 }
 
