@@ -3,10 +3,14 @@
 // tokens of Gemma 3 270M).
 #pragma once
 
+#include <unistd.h>
+
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "htfr/capture.hpp"
 #include "htfr/hft.hpp"
 #include "test_util.hpp"
 
@@ -48,6 +52,33 @@ inline const std::vector<float>& test_embedding() {
 
 inline fs::path temp_path(const std::string& name) {
   return fs::temp_directory_path() / ("htfr_test_hft_" + name);
+}
+
+/// Checkpoint files of this test process, removed when it exits.
+struct TempFiles {
+  std::map<Precision, std::string> paths;
+  ~TempFiles() {
+    for (const auto& [precision, path] : paths) std::filesystem::remove(path);
+  }
+};
+
+/// A tiny model trained for one epoch on the fixture, saved once per precision and process.
+inline std::string trained_checkpoint(Precision precision) {
+  static TempFiles files;
+  auto& paths = files.paths;
+  auto it = paths.find(precision);
+  if (it != paths.end()) return it->second;
+  const CaptureReader reader(kFixture.string());
+  HftConfig c = tiny_config();
+  for (auto* s : {&c.stage1.htfr, &c.stage2.htfr}) s->precision = precision;
+  HftModel model = HftModel::create(c, test_embedding(), reader, Backend::cpu);
+  model.train_epoch(model.load_data(reader), false);
+  const std::string path =
+      temp_path("trained_" + std::to_string(::getpid()) + "_" +
+                std::to_string(static_cast<int>(precision)) + ".safetensors")
+          .string();
+  model.save(path);
+  return paths[precision] = path;
 }
 
 }  // namespace htfr::test

@@ -9,8 +9,6 @@
 #include <map>
 #include <random>
 
-#include <unistd.h>
-
 #include "hft_fixture.hpp"
 #include "htfr/capture.hpp"
 #include "htfr/error.hpp"
@@ -22,33 +20,6 @@ namespace htfr {
 namespace {
 
 using namespace test;
-
-/// Checkpoint files of this test process, removed when it exits.
-struct TempFiles {
-  std::map<Precision, std::string> paths;
-  ~TempFiles() {
-    for (const auto& [precision, path] : paths) std::filesystem::remove(path);
-  }
-};
-
-/// A tiny model trained for one epoch on the fixture, saved once per precision and process.
-std::string trained_checkpoint(Precision precision) {
-  static TempFiles files;
-  auto& paths = files.paths;
-  auto it = paths.find(precision);
-  if (it != paths.end()) return it->second;
-  const CaptureReader reader(kFixture.string());
-  HftConfig c = tiny_config();
-  for (auto* s : {&c.stage1.htfr, &c.stage2.htfr}) s->precision = precision;
-  HftModel model = HftModel::create(c, test_embedding(), reader, Backend::cpu);
-  model.train_epoch(model.load_data(reader), false);
-  const std::string path =
-      temp_path("session_" + std::to_string(::getpid()) + "_" +
-                std::to_string(static_cast<int>(precision)) + ".safetensors")
-          .string();
-  model.save(path);
-  return paths[precision] = path;
-}
 
 /// `count` teacher ids: mostly compact-vocabulary tokens, some outside it (unk), a few invalid.
 std::vector<int32_t> token_sequence(const HftSession& s, int64_t count, uint64_t seed) {
