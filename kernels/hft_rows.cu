@@ -132,6 +132,40 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) cosine[r] = (syy > 0 && stt > 0) ? syt / sqrtf(syy * stt) : 0.0f;
 }
 
+__global__ void __launch_bounds__(kThreads)
+    row_norm_kernel(const float* __restrict__ v, int64_t width, float scale,
+                    float* __restrict__ norm) {
+  using Reduce = cub::BlockReduce<float, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  const int64_t r = blockIdx.x;
+  float ss = 0;
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
+    const float a = v[r * width + c];
+    ss += a * a;
+  }
+  const float total = Reduce(tmp).Sum(ss);
+  if (threadIdx.x == 0) norm[r] = scale * sqrtf(total);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    centred_logprobs_kernel(const uint16_t* __restrict__ lp, int64_t width, const int64_t* index,
+                            float floor, float* __restrict__ out) {
+  using Reduce = cub::BlockReduce<float, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float shared_mean;
+  const int64_t r = blockIdx.x;
+  const uint16_t* q = lp + index[r] * width;
+  float local = 0;
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x)
+    local += fmaxf(half_bits_to_float(q[c]), floor);
+  const float sum = Reduce(tmp).Sum(local);
+  if (threadIdx.x == 0) shared_mean = sum / static_cast<float>(width);
+  __syncthreads();
+  const float mean = shared_mean;
+  for (int64_t c = threadIdx.x; c < width; c += blockDim.x)
+    out[r * width + c] = fmaxf(half_bits_to_float(q[c]), floor) - mean;
+}
+
 }  // namespace
 
 void launch_gather_int(const int32_t* src, const int64_t* index, int64_t rows, int32_t* dst,
@@ -177,6 +211,21 @@ void launch_row_cosine(const float* y, const float* t, int64_t rows, int64_t wid
                        cudaStream_t stream) {
   if (rows == 0) return;
   row_cosine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(y, t, width, cosine);
+  HTFR_LAUNCH_CHECK();
+}
+
+void launch_row_norm(const float* v, int64_t rows, int64_t width, float scale, float* norm,
+                     cudaStream_t stream) {
+  if (rows == 0) return;
+  row_norm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(v, width, scale, norm);
+  HTFR_LAUNCH_CHECK();
+}
+
+void launch_centred_logprobs(const uint16_t* logprobs, int64_t width, const int64_t* index,
+                             int64_t rows, float floor, float* out, cudaStream_t stream) {
+  if (rows == 0 || width == 0) return;
+  centred_logprobs_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+      logprobs, width, index, floor, out);
   HTFR_LAUNCH_CHECK();
 }
 

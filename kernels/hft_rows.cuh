@@ -1,6 +1,7 @@
 // Row-level helper kernels of the HFT trainer and evaluator: gathering a batch's class indices
 // and teacher distributions from a device-resident capture (float rows go through
-// launch_gather_rows of kmeans.cuh), the Stage 1 history ring, and per-row evaluation metrics.
+// launch_gather_rows of kmeans.cuh), the Stage 1 history ring, per-row evaluation metrics, and
+// the row norms and centred teacher logits of training diagnostics and data initialisation.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -33,5 +34,13 @@ void launch_row_metrics(const float* logits, const uint16_t* logprobs, const int
 /// cosine[r] = <y[r], t[r]> / (|y[r]| |t[r]|) (0 when either is zero). Asynchronous.
 void launch_row_cosine(const float* y, const float* t, int64_t rows, int64_t width, float* cosine,
                        cudaStream_t stream);
+/// norm[r] = scale * |v[r]| (L2 norm of row r of v, rows x width). Asynchronous on `stream`.
+void launch_row_norm(const float* v, int64_t rows, int64_t width, float scale, float* norm,
+                     cudaStream_t stream);
+/// out[r, c] = l[r, c] - mean_c l[r, c] with l[r, c] = max(logprobs[index[r], c], floor) for
+/// binary16 log-probabilities: the teacher's log-probabilities as logits centred per row, the
+/// floor keeping saturated (-65504) entries finite. Asynchronous on `stream`.
+void launch_centred_logprobs(const uint16_t* logprobs, int64_t width, const int64_t* index,
+                             int64_t rows, float floor, float* out, cudaStream_t stream);
 
 }  // namespace htfr::detail

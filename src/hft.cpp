@@ -17,6 +17,9 @@
 #include "detail/hft_impl.hpp"
 #include "detail/hft_rows.hpp"
 #include "detail/nvtx.hpp"
+#include "detail/random.hpp"
+#include "htfr/init.hpp"
+#include "htfr/maintenance.hpp"
 #include "htfr/safetensors.hpp"
 
 namespace htfr {
@@ -46,6 +49,30 @@ void HftConfig::validate() const {
                      s.init_tau > 0 && std::isfinite(s.init_control_scale) &&
                      s.init_control_scale >= 0,
                  InvalidArgument, name << ": initialisation scales must be finite, bands and tau > 0");
+    HTFR_REQUIRE(s.init_rows >= 1, InvalidArgument,
+                 name << ".init_rows must be >= 1, got " << s.init_rows);
+    HTFR_REQUIRE(s.init_iterations >= 1, InvalidArgument,
+                 name << ".init_iterations must be >= 1, got " << s.init_iterations);
+    const MaintenanceConfig& m = s.maintenance;
+    HTFR_REQUIRE(m.usage_decay > 0 && m.usage_decay <= 1, InvalidArgument,
+                 name << ".maintenance.usage_decay must lie in (0, 1], got " << m.usage_decay);
+    HTFR_REQUIRE(m.queue_capacity >= 1 && m.queue_capacity <= INT32_MAX, InvalidArgument,
+                 name << ".maintenance.queue_capacity must lie in [1, 2^31), got "
+                      << m.queue_capacity);
+    HTFR_REQUIRE(m.queue_per_step >= 0, InvalidArgument,
+                 name << ".maintenance.queue_per_step must be >= 0, got " << m.queue_per_step);
+    HTFR_REQUIRE(m.reseed_every >= 0, InvalidArgument,
+                 name << ".maintenance.reseed_every must be >= 0, got " << m.reseed_every);
+    HTFR_REQUIRE(m.reseed_count >= 0, InvalidArgument,
+                 name << ".maintenance.reseed_count must be >= 0, got " << m.reseed_count);
+    HTFR_REQUIRE(std::isfinite(m.class_value), InvalidArgument,
+                 name << ".maintenance.class_value must be finite");
+    HTFR_REQUIRE(std::isfinite(m.reseed.band) && m.reseed.band > 0, InvalidArgument,
+                 name << ".maintenance.reseed_band must be finite and > 0, got " << m.reseed.band);
+    HTFR_REQUIRE(std::isfinite(m.reseed.tau) && m.reseed.tau > 0, InvalidArgument,
+                 name << ".maintenance.reseed_tau must be finite and > 0, got " << m.reseed.tau);
+    HTFR_REQUIRE(std::isfinite(s.prune_min_use) && s.prune_min_use >= 0, InvalidArgument,
+                 name << ".prune_min_use must be finite and >= 0, got " << s.prune_min_use);
   };
   const ContextLayout l = context_layout(context);
   check_stage(stage1, "stage1", l.stage1_dim);
@@ -152,6 +179,14 @@ E enum_from(const std::string& key, const std::string& text, std::initializer_li
 
 const char* reduction_name(Reduction r) { return r == Reduction::sum ? "sum" : "mean"; }
 
+json maintenance_to_json(const MaintenanceConfig& m) {
+  return json{{"usage_decay", m.usage_decay},     {"queue_capacity", m.queue_capacity},
+              {"queue_per_step", m.queue_per_step}, {"reseed_every", m.reseed_every},
+              {"reseed_count", m.reseed_count},   {"class_value", m.class_value},
+              {"reseed_band", m.reseed.band},     {"reseed_tau", m.reseed.tau},
+              {"reseed_seed", m.reseed.seed}};
+}
+
 json htfr_to_json(const HtfrConfig& c) {
   return json{{"input_dim", c.input_dim},
               {"output_dim", c.output_dim},
@@ -246,6 +281,21 @@ void htfr_from_json(const json& j, const std::string& path, HtfrConfig& c) {
             c.precision);
 }
 
+void maintenance_from_json(const json& j, const std::string& path, MaintenanceConfig& m) {
+  check_keys(j, path,
+             {"usage_decay", "queue_capacity", "queue_per_step", "reseed_every", "reseed_count",
+              "class_value", "reseed_band", "reseed_tau", "reseed_seed"});
+  read_key(j, path, "usage_decay", m.usage_decay);
+  read_key(j, path, "queue_capacity", m.queue_capacity);
+  read_key(j, path, "queue_per_step", m.queue_per_step);
+  read_key(j, path, "reseed_every", m.reseed_every);
+  read_key(j, path, "reseed_count", m.reseed_count);
+  read_key(j, path, "class_value", m.class_value);
+  read_key(j, path, "reseed_band", m.reseed.band);
+  read_key(j, path, "reseed_tau", m.reseed.tau);
+  read_key(j, path, "reseed_seed", m.reseed.seed);
+}
+
 json stage_to_json(const HftStageConfig& s) {
   return json{{"htfr", htfr_to_json(s.htfr)},
               {"sketch_dim", s.sketch_dim},
@@ -253,13 +303,21 @@ json stage_to_json(const HftStageConfig& s) {
               {"init_offset_scale", s.init_offset_scale},
               {"init_band", s.init_band},
               {"init_tau", s.init_tau},
-              {"init_control_scale", s.init_control_scale}};
+              {"init_control_scale", s.init_control_scale},
+              {"init", to_string(s.init)},
+              {"init_rows", s.init_rows},
+              {"init_iterations", s.init_iterations},
+              {"maintenance", maintenance_to_json(s.maintenance)},
+              {"track_usage", s.track_usage},
+              {"prune_after_pretrain", s.prune_after_pretrain},
+              {"prune_min_use", s.prune_min_use}};
 }
 
 void stage_from_json(const json& j, const std::string& path, HftStageConfig& s) {
   check_keys(j, path,
              {"htfr", "sketch_dim", "srht_block", "init_offset_scale", "init_band", "init_tau",
-              "init_control_scale"});
+              "init_control_scale", "init", "init_rows", "init_iterations", "maintenance",
+              "track_usage", "prune_after_pretrain", "prune_min_use"});
   if (j.contains("htfr")) htfr_from_json(j.at("htfr"), path + "htfr.", s.htfr);
   read_key(j, path, "sketch_dim", s.sketch_dim);
   read_key(j, path, "srht_block", s.srht_block);
@@ -267,6 +325,14 @@ void stage_from_json(const json& j, const std::string& path, HftStageConfig& s) 
   read_key(j, path, "init_band", s.init_band);
   read_key(j, path, "init_tau", s.init_tau);
   read_key(j, path, "init_control_scale", s.init_control_scale);
+  read_enum(j, path, "init", {HftInit::random, HftInit::data}, to_string, s.init);
+  read_key(j, path, "init_rows", s.init_rows);
+  read_key(j, path, "init_iterations", s.init_iterations);
+  if (j.contains("maintenance"))
+    maintenance_from_json(j.at("maintenance"), path + "maintenance.", s.maintenance);
+  read_key(j, path, "track_usage", s.track_usage);
+  read_key(j, path, "prune_after_pretrain", s.prune_after_pretrain);
+  read_key(j, path, "prune_min_use", s.prune_min_use);
 }
 
 json context_to_json(const ContextConfig& c) {
@@ -362,6 +428,14 @@ HftConfig hft_config_from_json(const std::string& text, const HftConfig& base) {
   return c;
 }
 
+const char* to_string(HftInit init) {
+  switch (init) {
+    case HftInit::random: return "random";
+    case HftInit::data: return "data";
+  }
+  return "?";
+}
+
 const char* to_string(HftMode mode) {
   switch (mode) {
     case HftMode::teacher_free: return "teacher_free";
@@ -405,6 +479,8 @@ std::vector<float> read_compact_embedding(const std::string& path, const Capture
 // ---------------------------------------------------------------- model
 
 HftModel::Impl::~Impl() {
+  upkeep1.maintainer.reset();
+  upkeep2.maintainer.reset();
   stage1.reset();
   stage2.reset();
   if (stream) {
@@ -449,7 +525,8 @@ void HftModel::Impl::init_runtime() {
   ws = HftWorkspace{};
   auto make = [&](detail::BackendArray<float>& a) { a = detail::BackendArray<float>(backend, device, 0); };
   for (auto* a : {&ws.raw1, &ws.x1, &ws.y1, &ws.t1, &ws.t1e, &ws.raw2, &ws.x2, &ws.q, &ws.g2,
-                  &ws.graw2, &ws.gy1, &ws.loss1, &ws.loss2, &ws.metrics, &ws.cosine, &ws.history})
+                  &ws.graw2, &ws.gy1, &ws.loss1, &ws.loss2, &ws.metrics, &ws.cosine, &ws.grad_norm,
+                  &ws.history})
     make(*a);
   ws.row_stream = detail::BackendArray<int32_t>(backend, device, 0);
   ws.row_position = detail::BackendArray<int32_t>(backend, device, 0);
@@ -650,6 +727,17 @@ HftModel HftModel::create(const HftConfig& config, const std::vector<float>& emb
     I.config.context.scale = s1;
     I.config.context.stage2_scale = s2;
   }
+  // Data-driven pools, from the features as scaled above: a sample drawn from the first
+  // 4 x init_rows positions of the capture (whole windows).
+  int64_t want = 0;
+  for (const HftStageConfig* s : {&config.stage1, &config.stage2})
+    if (s->init == HftInit::data) want = std::max(want, s->init_rows);
+  if (want > 0) {
+    const int64_t positions = train.positions();
+    const HftData sample =
+        model.load_data(train, want > positions / 4 ? positions : 4 * want);
+    model.impl_->init_pools_from_data(*sample.impl_);
+  }
   return model;
 }
 
@@ -838,6 +926,7 @@ void reserve_batch(HftWorkspace& ws, const HftConfig& c, const ContextLayout& l,
   ws.row_target.reserve(B);
   ws.metrics.reserve(B * detail::kRowMetrics);
   ws.cosine.reserve(B);
+  ws.grad_norm.reserve(B);
 }
 
 /// One pass over a dataset: its steps, their row arrays on the backend, a cleared history ring.
@@ -871,7 +960,123 @@ ContextRows step_rows(const HftModel::Impl& I, const HftData::Impl& D, const Pas
                      static_cast<int64_t>(pass.steps[k].index.size())};
 }
 
+/// Floor on the teacher's log-probabilities where they become Stage 2 controls: far below any
+/// probability that matters, and it keeps entries saturated at -65504 by the capture finite.
+constexpr float kLogprobFloor = -30.0f;
+
 }  // namespace
+
+void HftModel::Impl::init_pools_from_data(const HftData::Impl& D) {
+  HTFR_NVTX_RANGE("htfr::HftModel::init_pools_from_data");
+  const HftConfig& c = config;
+  const int64_t H = c.context.history_dim, V = c.context.vocab_size, R = c.context.history;
+  const int64_t D1 = c.stage1.htfr.input_dim, D2 = c.stage2.htfr.input_dim;
+  const bool data1 = c.stage1.init == HftInit::data, data2 = c.stage2.init == HftInit::data;
+  if (!data1 && !data2) return;
+  const int64_t rows = std::min(std::max(data1 ? c.stage1.init_rows : 0,
+                                         data2 ? c.stage2.init_rows : 0),
+                                D.rows);
+  const detail::RowOps ops{backend, stream};
+  // Whole windows in a seeded order, so that a sample smaller than the data spreads over it.
+  std::vector<int32_t> order(D.streams);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(c.seed * 0x9E3779B97F4A7C15ull + 0x1417u);
+  std::shuffle(order.begin(), order.end(), rng);
+  const Pass pass = begin_pass(*this, D, order);
+  // Stage 1 inputs and targets (its teacher targets t1), Stage 2 inputs and controls.
+  detail::BackendArray<float> x1(backend, device, data1 ? rows * D1 : 0),
+      t1(backend, device, rows * H), x2(backend, device, data2 ? rows * D2 : 0),
+      t2(backend, device, data2 ? rows * V : 0);
+  int64_t n = 0;
+  for (std::size_t k = 0; k < pass.steps.size() && n < rows; ++k) {
+    ContextRows step = step_rows(*this, D, pass, k);
+    step.rows = std::min(step.rows, rows - n);
+    const int64_t B = step.rows;
+    const int64_t* ri = ws.row_index.data() + pass.offsets[k];
+    float* t = t1.data() + n * H;
+    ops.gather(D.stage1_target.data(), H, ri, B, t);
+    if (data1) {
+      builder->stage1(step, ws.raw1.data(), stream);
+      proj1.apply(ws.raw1.data(), x1.data() + n * D1, DType::f32, B, stream);
+    }
+    // Stage 1 does not exist yet: its history ring holds the teacher targets of the past
+    // positions (what the teacher-assisted mode feeds it), and Stage 2 reads the teacher target
+    // as its embedding.
+    ops.history_write(t, step.stream, step.position, B, R, H, ws.history.data());
+    if (data2) {
+      builder->stage2(step, t, ws.raw2.data(), stream);
+      proj2.apply(ws.raw2.data(), x2.data() + n * D2, DType::f32, B, stream);
+      // Stage 2's controls are logits: the teacher's log-probabilities centred per row, so a
+      // cluster's mean control is the log of its rows' geometric-mean teacher distribution (up to
+      // softmax's shift invariance) and a tensor starts by predicting what the teacher says near
+      // it. One-hot targets would carry one class per row; raw probabilities as logits would be
+      // nearly flat.
+      ops.centred_logprobs(D.teacher.data(), V, ri, B, kLogprobFloor, t2.data() + n * V);
+    }
+    n += B;
+  }
+  // k-means with k = min(N, rows) clusters; when the sample is smaller than the pool, the other
+  // tensors keep the random initialisation they were made with.
+  const auto init = [&](HtfrModel& m, const HftStageConfig& s, const float* x, const float* t,
+                        uint64_t salt) {
+    HyperTensorPool& pool = m.pool();
+    const int64_t used = std::min(s.init_rows, n), N = pool.num_tensors();
+    const int64_t Din = pool.input_dim(), M = pool.output_dim();
+    DataInitOptions o;
+    o.kmeans.seed = c.seed ^ salt;
+    o.kmeans.iterations = s.init_iterations;
+    o.tau = s.init_tau;
+    if (used >= N) {
+      init_pool_from_data(pool, x, used, Din, t, M, o, stream);
+      return;
+    }
+    HyperTensorPool head =
+        HyperTensorPool::create(backend, used, Din, M, pool.half_precision(), device);
+    init_pool_from_data(head, x, used, Din, t, M, o, stream);
+    PoolParameters all = pool.download(stream);
+    const PoolParameters first = head.download(stream);
+    for (auto member : {&PoolParameters::normals, &PoolParameters::offsets, &PoolParameters::dneg,
+                        &PoolParameters::dpos, &PoolParameters::tau, &PoolParameters::controls,
+                        &PoolParameters::use_count, &PoolParameters::last_used,
+                        &PoolParameters::mean_abs_d, &PoolParameters::loss_trace})
+      std::copy((first.*member).begin(), (first.*member).end(), (all.*member).begin());
+    pool.upload(all, stream);
+  };
+  if (data1) init(*stage1, c.stage1, x1.data(), t1.data(), 0x111u);
+  if (data2) init(*stage2, c.stage2, x2.data(), t2.data(), 0x112u);
+}
+
+void HftModel::Impl::make_maintainers() {
+  const auto make = [&](const HftStageConfig& s, const HtfrModel& m, HftStageUpkeep& u,
+                        uint64_t salt) {
+    if (u.maintainer || !(s.track_usage || s.maintenance.reseed_every > 0)) return;
+    MaintenanceConfig mc = s.maintenance;
+    mc.reseed.seed = detail::mix64(config.seed ^ salt) ^ s.maintenance.reseed.seed;
+    u.maintainer = std::make_unique<PoolMaintainer>(m.pool(), mc, config.batch_streams);
+  };
+  make(config.stage1, *stage1, upkeep1, 0x121u);
+  make(config.stage2, *stage2, upkeep2, 0x122u);
+}
+
+void HftModel::Impl::prune_stages() {
+  HTFR_NVTX_RANGE("htfr::HftModel::prune_stages");
+  const auto prune = [&](HftStageConfig& s, std::unique_ptr<HtfrModel>& m, HftStageUpkeep& u) {
+    if (!s.prune_after_pretrain) return;
+    PruneReport report;
+    HyperTensorPool kept = prune_unused(m->pool(), s.prune_min_use, &report, stream);
+    // The model's config says what the checkpoint holds; the optimiser (moments and step)
+    // restarts, as its per-tensor state does not follow the compaction.
+    s.htfr.num_tensors = report.after;
+    s.htfr.top_k = std::min(s.htfr.top_k, report.after);
+    m = std::make_unique<HtfrModel>(s.htfr, std::move(kept));
+    u.maintainer.reset();  // its usage and queue are indexed by the old tensors
+    u.pruned_before = report.before;
+    u.pruned_after = report.after;
+  };
+  prune(config.stage1, stage1, upkeep1);
+  prune(config.stage2, stage2, upkeep2);
+  make_maintainers();  // fresh ones for the compacted pools, their counters from zero
+}
 
 void HftModel::train_epoch(const HftData& data, bool finetune,
                            const std::function<void(const HftTrainProgress&)>& progress) {
@@ -891,6 +1096,12 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
   std::shuffle(order.begin(), order.end(), rng);
   const Pass pass = begin_pass(I, D, order);
   const auto& steps = pass.steps;
+  I.make_maintainers();
+  // A stage's maintainer follows each of its steps with the step's batch and row losses.
+  const auto maintain = [&](HftStageUpkeep& u, HtfrModel& m, const Batch& batch,
+                            const float* row_loss) {
+    if (u.maintainer) u.maintainer->after_step(m.pool(), batch, row_loss, stream);
+  };
 
   const bool stage2_mean = c.stage2.htfr.reduction == Reduction::mean;
   const auto start = std::chrono::steady_clock::now();
@@ -913,8 +1124,9 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
     I.proj1.apply(I.ws.raw1.data(), I.ws.x1.data(), DType::f32, B, stream);
     I.phase("stage1 projection", since);
     if (!finetune) {
-      I.stage1->train_step({I.ws.x1.data(), B, I.ws.t1.data(), nullptr},
-                           {I.ws.y1.data(), I.ws.loss1.data(), nullptr}, stream);
+      const Batch b1{I.ws.x1.data(), B, I.ws.t1.data(), nullptr};
+      I.stage1->train_step(b1, {I.ws.y1.data(), I.ws.loss1.data(), nullptr}, stream);
+      maintain(I.upkeep1, *I.stage1, b1, I.ws.loss1.data());
     } else {
       I.stage1->forward(I.ws.x1.data(), B, I.ws.y1.data(), stream);
     }
@@ -926,16 +1138,21 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
     I.stage2->train_step({I.ws.x2.data(), B, I.ws.q.data(), I.ws.row_target.data()},
                          {nullptr, I.ws.loss2.data(), finetune ? I.ws.g2.data() : nullptr},
                          stream);
+    // Reseeded Stage 2 tensors take the true class scaled by class_value as their logits: the
+    // teacher probabilities as logits would be nearly flat.
+    maintain(I.upkeep2, *I.stage2, {I.ws.x2.data(), B, nullptr, I.ws.row_target.data()},
+             I.ws.loss2.data());
     I.phase("stage2 step", since);
+    const float per_row = stage2_mean ? static_cast<float>(B) : 1.0f;
     if (finetune) {
       // Stage 1's per-row gradient from Stage 2: dL2/dy1 of the (reduced) Stage 2 loss, scaled
       // back to a per-row gradient when Stage 2 averages, folded into an MSE target.
       I.proj2.apply_adjoint(I.ws.g2.data(), I.ws.graw2.data(), B, stream);
       I.builder->stage2_embedding_grad(I.ws.graw2.data(), B, I.ws.gy1.data(), stream);
-      const float per_row = stage2_mean ? static_cast<float>(B) : 1.0f;
       ops.axpy(I.ws.t1.data(), -c.e2e_weight * per_row, I.ws.gy1.data(), B * H, I.ws.t1e.data());
-      I.stage1->train_step({I.ws.x1.data(), B, I.ws.t1e.data(), nullptr},
-                           {nullptr, I.ws.loss1.data(), nullptr}, stream);
+      const Batch b1{I.ws.x1.data(), B, I.ws.t1e.data(), nullptr};
+      I.stage1->train_step(b1, {nullptr, I.ws.loss1.data(), nullptr}, stream);
+      maintain(I.upkeep1, *I.stage1, b1, I.ws.loss1.data());
       I.phase("end-to-end backward and stage1 step", since);
     }
     ++I.steps_done;
@@ -945,11 +1162,17 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
     pr.epoch_tokens += B;
     if (progress) {
       const bool read = k + 1 == steps.size() || k % 16 == 0;
-      pr.stage1_loss = pr.stage2_loss = std::nan("");
+      pr.stage1_loss = pr.stage2_loss = pr.stage1_grad_norm = std::nan("");
       if (read) {
         const auto l1 = I.ws.loss1.download(0, B, stream), l2 = I.ws.loss2.download(0, B, stream);
         pr.stage1_loss = std::accumulate(l1.begin(), l1.end(), 0.0) / B;
         pr.stage2_loss = std::accumulate(l2.begin(), l2.end(), 0.0) / B;
+        if (finetune) {
+          // Each row's own gradient: gy1 is of the reduced loss, per_row undoes the mean.
+          ops.row_norm(I.ws.gy1.data(), B, H, per_row, I.ws.grad_norm.data());
+          const auto g = I.ws.grad_norm.download(0, B, stream);
+          pr.stage1_grad_norm = std::accumulate(g.begin(), g.end(), 0.0) / B;
+        }
       }
       pr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       progress(pr);
@@ -957,6 +1180,7 @@ void HftModel::train_epoch(const HftData& data, bool finetune,
   }
   detail::sync(I.backend, I.device, stream);
   ++I.epochs_done;
+  if (!finetune && I.epochs_done == c.pretrain_epochs) I.prune_stages();
 }
 
 void HftModel::train(const HftData& data,
@@ -1122,19 +1346,38 @@ std::vector<float> HftModel::sequence_logits(const std::vector<int32_t>& tokens)
 }
 
 std::string HftModel::statistics_json() const {
+  const Impl& I = *impl_;
   json j;
-  const auto put = [&](const char* name, const HtfrModel& m) {
-    const PoolStatistics s = m.statistics(impl_->stream);
-    j[name] = json{{"steps", s.steps},
-                   {"num_tensors", s.num_tensors},
-                   {"used_tensors", s.used_tensors},
-                   {"active_fraction", s.active_fraction},
-                   {"mean_use", s.mean_use},
-                   {"max_use", s.max_use},
-                   {"mean_abs_distance", s.mean_abs_distance}};
+  const auto put = [&](const char* name, const HtfrModel& m, const HftStageConfig& sc,
+                       const HftStageUpkeep& u) {
+    const PoolStatistics s = m.statistics(I.stream);
+    json& out = j[name];
+    out = json{{"steps", s.steps},
+               {"num_tensors", s.num_tensors},
+               {"used_tensors", s.used_tensors},
+               {"active_fraction", s.active_fraction},
+               {"mean_use", s.mean_use},
+               {"max_use", s.max_use},
+               {"mean_abs_distance", s.mean_abs_distance},
+               {"init", to_string(sc.init)}};
+    if (u.maintainer) {
+      const MaintenanceStatistics ms = u.maintainer->statistics(I.stream);
+      out["maintenance"] = json{{"steps", ms.steps},
+                                {"rows_queued", ms.rows_queued},
+                                {"reseed_events", ms.reseed_events},
+                                {"tensors_reseeded", ms.tensors_reseeded},
+                                {"active_fraction", ms.active_fraction},
+                                {"usage_p10", ms.usage_p10},
+                                {"usage_median", ms.usage_median},
+                                {"usage_p90", ms.usage_p90}};
+    }
+    if (u.pruned_before > 0)
+      out["prune"] = json{{"before", u.pruned_before},
+                          {"after", u.pruned_after},
+                          {"removed", u.pruned_before - u.pruned_after}};
   };
-  put("stage1", *impl_->stage1);
-  put("stage2", *impl_->stage2);
+  put("stage1", *I.stage1, I.config.stage1, I.upkeep1);
+  put("stage2", *I.stage2, I.config.stage2, I.upkeep2);
   return j.dump();
 }
 

@@ -1,6 +1,8 @@
 // HFT checkpoints: one safetensors file holding both pools (parameters, statistics, optimiser
 // state), the three projections, the target statistics, the compact embedding and vocabulary,
-// with the config and the training position as JSON metadata. Written atomically.
+// with the config and the training position as JSON metadata. Written atomically. Pool
+// maintainers' state is not kept (a loaded model starts fresh ones); a pruned pool is stored at
+// its pruned size, which the stored config records.
 #include <nlohmann/json.hpp>
 
 #include "detail/check.hpp"
@@ -82,15 +84,21 @@ void HftModel::save(const std::string& path) const {
   w.set_metadata("format", kFormat);
   w.set_metadata("version", "1");
   w.set_metadata("config", to_json(I.config));
-  const nlohmann::json state{{"epochs_done", I.epochs_done},
-                             {"steps_done", I.steps_done},
-                             {"tokens_seen", I.tokens_seen},
-                             {"stage1_step", I.stage1->step()},
-                             {"stage2_step", I.stage2->step()},
-                             {"model_sha256", I.model_sha256},
-                             {"hidden_size", I.hidden_size},
-                             {"bos_id", I.bos_id},
-                             {"teacher_vocab_size", I.teacher_vocab_size}};
+  nlohmann::json state{{"epochs_done", I.epochs_done},
+                       {"steps_done", I.steps_done},
+                       {"tokens_seen", I.tokens_seen},
+                       {"stage1_step", I.stage1->step()},
+                       {"stage2_step", I.stage2->step()},
+                       {"model_sha256", I.model_sha256},
+                       {"hidden_size", I.hidden_size},
+                       {"bos_id", I.bos_id},
+                       {"teacher_vocab_size", I.teacher_vocab_size}};
+  const auto put_prune = [&](const char* name, const HftStageUpkeep& u) {
+    if (u.pruned_before > 0)
+      state["prune"][name] = {{"before", u.pruned_before}, {"after", u.pruned_after}};
+  };
+  put_prune("stage1", I.upkeep1);
+  put_prune("stage2", I.upkeep2);
   w.set_metadata("state", state.dump());
   const int64_t V = I.vocab_size;
   w.add("embedding", ElementType::f32, {V, I.hidden_size}, I.embedding);
@@ -135,6 +143,14 @@ HftModel HftModel::load(const std::string& path, Backend backend, int device,
     impl->hidden_size = state.at("hidden_size").get<int64_t>();
     impl->bos_id = state.at("bos_id").get<int32_t>();
     impl->teacher_vocab_size = state.at("teacher_vocab_size").get<int64_t>();
+    const auto read_prune = [&](const char* name, HftStageUpkeep& u) {
+      if (!state.contains("prune") || !state.at("prune").contains(name)) return;
+      const nlohmann::json& p = state.at("prune").at(name);
+      u.pruned_before = p.at("before").get<int64_t>();
+      u.pruned_after = p.at("after").get<int64_t>();
+    };
+    read_prune("stage1", impl->upkeep1);
+    read_prune("stage2", impl->upkeep2);
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(path + ": training state metadata is invalid: " + e.what());
   }

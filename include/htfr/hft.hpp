@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -21,19 +22,51 @@
 #include "htfr/capture.hpp"
 #include "htfr/config.hpp"
 #include "htfr/context.hpp"
+#include "htfr/maintenance.hpp"
 
 namespace htfr {
 
+/// How a stage's pool starts.
+enum class HftInit {
+  random,  ///< HyperTensorPool::init_random with the stage's init_* scales
+  data,    ///< init_pool_from_data (init.hpp) on a sample of training rows (HftModel::create)
+};
+const char* to_string(HftInit init);
+
 /// One HTFR stage: its projection (CountSketch to sketch_dim, then block SRHT to input_dim of
-/// `htfr`), the field, and its random initialisation.
+/// `htfr`), the field, its initialisation and the upkeep of its pool during training.
 struct HftStageConfig {
   HtfrConfig htfr;
   int64_t sketch_dim = 0;     ///< CountSketch output (a multiple of srht_block)
   int64_t srht_block = 0;     ///< power of two <= 2^17
   float init_offset_scale = 1.0f;
   float init_band = 1.0f;
-  float init_tau = 1.0f;
+  float init_tau = 1.0f;      ///< every tensor's temperature, with either kind of init
   float init_control_scale = 0.01f;
+  /// Data init fits the pool to projected features of init_rows training rows (>= 1; whole
+  /// windows in a seeded order from the capture's first 4 x init_rows positions). Stage 1 does
+  /// not exist yet, so its history ring holds the teacher targets of past positions and Stage 2
+  /// reads the teacher target as its embedding. Controls: Stage 1's targets; for Stage 2 the
+  /// teacher's log-probabilities centred per row (logits). Bands come from each cluster's spread,
+  /// temperatures are init_tau. k-means runs with min(num_tensors, rows) clusters: when the
+  /// sample is smaller than the pool, the remaining tensors keep their random initialisation.
+  HftInit init = HftInit::random;
+  int64_t init_rows = 16384;
+  int init_iterations = 10;   ///< data init: k-means Lloyd iterations, >= 1
+  /// Pool maintenance during training: a PoolMaintainer (maintenance.hpp) follows every training
+  /// step of the stage when track_usage is true or maintenance.reseed_every > 0 (reseeding).
+  /// Reseeded Stage 1 tensors take the step's target rows as controls, Stage 2 tensors the true
+  /// class scaled by class_value. Its state is not checkpointed (a loaded model starts a fresh
+  /// maintainer, so reseeding breaks the exact-resume guarantee) and restarts after pruning.
+  /// reseed.seed is mixed with the config seed.
+  MaintenanceConfig maintenance;
+  bool track_usage = false;
+  /// After the last pretraining epoch, remove the tensors whose use count is <= prune_min_use
+  /// (prune_unused) and continue on the compacted pool: htfr.num_tensors becomes the tensors
+  /// kept and top_k is clamped to it; the optimiser state restarts from zero (step 0), as its
+  /// moments do not follow the compaction.
+  bool prune_after_pretrain = false;
+  float prune_min_use = 0.0f;  ///< finite, >= 0
 };
 
 /// Everything that defines an HFT run. Defaults follow the HFT note §4 and DESIGN §5.
@@ -108,6 +141,10 @@ struct HftTrainProgress {
   int64_t epoch_total = 0;   ///< rows of the epoch
   double stage1_loss = 0;    ///< mean row loss of the step (NaN when not read back this step)
   double stage2_loss = 0;
+  /// Fine-tuning: the mean over rows of the L2 norm of each row's Stage 2 loss gradient with
+  /// respect to its Stage 1 output (dL2_row / dy1; the shift folded into Stage 1's target is
+  /// e2e_weight times it). NaN in pretraining and when not read back this step.
+  double stage1_grad_norm = std::numeric_limits<double>::quiet_NaN();
   double seconds = 0;        ///< wall time of the epoch so far
 };
 
@@ -115,8 +152,10 @@ struct HftTrainProgress {
 class HftModel {
  public:
   /// A fresh model. `embedding` is compact_size x hidden_size (the capture's compact embedding
-  /// rows); `train` supplies the hidden-state statistics of Stage 1's target and the feature
-  /// scales. Throws InvalidArgument (config/capture mismatch), NoDevice, OutOfMemory.
+  /// rows); `train` supplies the hidden-state statistics of Stage 1's target, the feature
+  /// scales and, for a stage with HftInit::data, the sample its pool is initialised from
+  /// (deterministic for the config seed). Throws InvalidArgument (config/capture mismatch),
+  /// NoDevice, OutOfMemory.
   static HftModel create(const HftConfig& config, const std::vector<float>& embedding,
                          const CaptureReader& train, Backend backend, int device = 0);
   /// Reads a checkpoint written by save(). With `optimizer_state` false the optimiser moments
@@ -138,8 +177,10 @@ class HftModel {
   HftData load_data(const CaptureReader& capture, int64_t max_positions = 0) const;
 
   /// One epoch over `data` in a shuffled stream order (seeded by config seed and the epoch
-  /// number): pretraining or end-to-end fine-tuning. `progress` (may be empty) is called after
-  /// every step. Synchronises.
+  /// number): pretraining or end-to-end fine-tuning. Each stage's maintainer (if any) follows
+  /// each of that stage's steps; a pretraining epoch that completes pretrain_epochs prunes the
+  /// stages configured to (HftStageConfig::prune_after_pretrain). `progress` (may be empty) is
+  /// called after every step. Synchronises.
   void train_epoch(const HftData& data, bool finetune,
                    const std::function<void(const HftTrainProgress&)>& progress = {});
   /// Runs the configured schedule from where it stands (pretrain_epochs, then finetune_epochs);
@@ -156,7 +197,10 @@ class HftModel {
   Backend backend() const;
   /// Parameter bytes of both pools (fp32 masters, half copies, statistics).
   std::size_t parameter_bytes() const;
-  /// Both pools' statistics, as JSON (used tensors, active fraction, mean use).
+  /// Both pools' statistics, as JSON: per stage ("stage1", "stage2") the pool's usage (steps,
+  /// num_tensors, used_tensors, active_fraction, mean_use, max_use, mean_abs_distance), "init"
+  /// (the config's kind), "maintenance" (the maintainer's MaintenanceStatistics, when the stage
+  /// has one) and "prune" (before, after, removed, when the pool was pruned). Synchronises.
   std::string statistics_json() const;
   /// Per-phase timing of training: when on, every phase of a step synchronises and its wall time
   /// is added up (slower; for finding where the time goes). Turning it on clears the sums.

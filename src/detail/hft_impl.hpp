@@ -12,6 +12,7 @@
 #include "detail/backend_array.hpp"
 #include "htfr/context.hpp"
 #include "htfr/hft.hpp"
+#include "htfr/maintenance.hpp"
 #include "htfr/model.hpp"
 #include "htfr/projection.hpp"
 
@@ -35,7 +36,7 @@ struct HftData::Impl {
 /// Scratch arrays of one batch (grown on demand).
 struct HftWorkspace {
   detail::BackendArray<float> raw1, x1, y1, t1, t1e, raw2, x2, q, g2, graw2, gy1, loss1, loss2;
-  detail::BackendArray<float> metrics, cosine;
+  detail::BackendArray<float> metrics, cosine, grad_norm;
   detail::BackendArray<int32_t> row_stream, row_position, row_target;
   detail::BackendArray<int64_t> row_index;
   detail::BackendArray<float> history;
@@ -51,6 +52,15 @@ struct StreamRun {
   /// Called after each position q with that position's streams x V logits (backend memory,
   /// valid until the next position) and its Stage 2 inputs as projected (streams x input dim).
   std::function<void(int64_t q, const float* logits, const float* x2)> after_position;
+};
+
+/// What training keeps about a stage's pool beside its parameters.
+struct HftStageUpkeep {
+  /// Null when the stage is not maintained (HftStageConfig::track_usage, maintenance). Made at
+  /// the first training epoch and anew after pruning; never checkpointed.
+  std::unique_ptr<PoolMaintainer> maintainer;
+  /// Pool sizes around prune_after_pretrain's pruning (0, 0: not pruned). Checkpointed.
+  int64_t pruned_before = 0, pruned_after = 0;
 };
 
 struct HftModel::Impl {
@@ -70,6 +80,7 @@ struct HftModel::Impl {
   std::unique_ptr<ContextBuilder> builder;
   ProjectionStack proj1, proj2, target_proj;
   std::unique_ptr<HtfrModel> stage1, stage2;
+  HftStageUpkeep upkeep1, upkeep2;
   int64_t epochs_done = 0;
   int64_t steps_done = 0;
   int64_t tokens_seen = 0;
@@ -87,6 +98,14 @@ struct HftModel::Impl {
 
   /// Creates the stream and the builder (after config/embedding are set).
   void init_runtime();
+  /// Initialises the pools of the stages with HftInit::data from the rows of `sample` (see
+  /// HftModel::create). Synchronises.
+  void init_pools_from_data(const HftData::Impl& sample);
+  /// Creates the maintainer of each stage that asks for one and has none yet.
+  void make_maintainers();
+  /// prune_after_pretrain: replaces each such stage by one on its compacted pool (config
+  /// updated, optimiser restarted, a fresh maintainer). Synchronises.
+  void prune_stages();
   /// Compact class of every teacher token id (teacher_vocab_size entries; unk where none).
   std::vector<int32_t> compact_map() const;
   /// Teacher-free logits of `streams` token sequences side by side: `tokens` is streams x length

@@ -1,6 +1,6 @@
 // Per-row operations of the HFT (gathers, teacher probabilities, the Stage 1 history ring,
-// metrics) on either backend: the CUDA kernels of kernels/hft_rows.cu and their CPU twins, the
-// straightforward loops. Shared by training, evaluation and inference sessions.
+// metrics, norms) on either backend: the CUDA kernels of kernels/hft_rows.cu and their CPU twins,
+// the straightforward loops. Shared by training, evaluation and inference sessions.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -91,6 +91,27 @@ struct RowOps {
         yt += a * b;
       }
       c[r] = (yy > 0 && tt > 0) ? static_cast<float>(yt / std::sqrt(yy * tt)) : 0.0f;
+    }
+  }
+  void row_norm(const float* v, int64_t rows, int64_t width, float scale, float* norm) const {
+    if (backend == Backend::cuda) return launch_row_norm(v, rows, width, scale, norm, stream);
+    for (int64_t r = 0; r < rows; ++r) {
+      double ss = 0;
+      for (int64_t k = 0; k < width; ++k) ss += double(v[r * width + k]) * v[r * width + k];
+      norm[r] = static_cast<float>(scale * std::sqrt(ss));
+    }
+  }
+  void centred_logprobs(const uint16_t* lp, int64_t width, const int64_t* index, int64_t rows,
+                        float floor, float* out) const {
+    if (backend == Backend::cuda)
+      return launch_centred_logprobs(lp, width, index, rows, floor, out, stream);
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint16_t* q = lp + index[r] * width;
+      double sum = 0;
+      for (int64_t c = 0; c < width; ++c) sum += std::max(half_to_float(q[c]), floor);
+      const float mean = static_cast<float>(sum / width);
+      for (int64_t c = 0; c < width; ++c)
+        out[r * width + c] = std::max(half_to_float(q[c]), floor) - mean;
     }
   }
 };
