@@ -3,7 +3,8 @@
 # `sanitize` (the GPU tests under compute-sanitizer memcheck and racecheck), `bench` (bench_htfr,
 # the PyTorch baseline, bench/RESULTS.md), `projection` (bench_projection and its PyTorch baseline), `init` (bench_init: k-means and
 # data-driven initialisation at N = 131,072, D = 16,384), `hftcapture` (teacher captures for the HFT)
-# `hft` (HFT training and evaluation runs) and `serve` (inference sessions against the teacher). Logs and JSON go to $OUT (default ./out).
+# `hft` (HFT training and evaluation runs), `verify` (the information-flow checks of a trained
+# model) and `serve` (inference sessions against the teacher). Logs and JSON go to $OUT (default ./out).
 set -uo pipefail
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
@@ -50,7 +51,7 @@ for mode in "$@"; do
       # SANITIZERS picks the tools (default: memcheck racecheck).
       gpu_tests='Shapes/CudaParity.*:CudaDeterminism.*:CudaPool.*:CudaHalfPrecision.*:*/cuda'
       gpu_tests+=':FwhtCuda.*:SrhtCuda.*:CountSketchCuda.*:PcaCuda.*:ProjectionStackCuda.*:ProjectionAdjoint.*Gpu'
-      gpu_tests+=':*KMeansCuda*:*InitPoolCuda*:ContextCuda.*:HftCuda.*:SessionCuda.*'
+      gpu_tests+=':*KMeansCuda*:*InitPoolCuda*:ContextCuda.*:HftCuda.*:SessionCuda.*:VerifyCuda.*'
       gpu_tests=${SANITIZE_FILTER:-$gpu_tests}
       for tool in ${SANITIZERS:-memcheck racecheck}; do
         filter=$gpu_tests
@@ -111,6 +112,13 @@ for mode in "$@"; do
         fi
         first=0
       done ;;
+    verify)
+      # The information-flow checks (htfr verify) of a trained checkpoint (VERIFY_CKPT, default
+      # the `hft` run's) on the 50k evaluation capture.
+      C=${CAPTURES:-/tmp/cap}
+      "$BUILD/tools/htfr" verify --checkpoint "${VERIFY_CKPT:-/tmp/default.safetensors}" --capture "$C/eval" \
+        --commit "${HTFR_COMMIT:-unknown}" --json "$OUT/verify.json" ${VERIFY_ARGS:-} >"$OUT/verify.log" 2>&1 || rc=1
+      cat "$OUT/verify.log" ;;
     profile)
       # Per-kernel device time of a few S2 bf16 training steps at 4096 rows.
       ncu --metrics gpu__time_duration.sum --csv "$BUILD/bench/bench_htfr" --profile --shapes S2 \

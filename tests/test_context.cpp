@@ -246,7 +246,9 @@ TEST(Context, PhasePermutationMovesOnlyThePhases) {
       const int64_t j = i / l.slot_width, k = i % l.slot_width;
       const bool phase = i < l.bloom && j <= p && k >= c.embedding_dim &&
                          k < c.embedding_dim + 2 * c.phase_pairs;
-      if (!phase) EXPECT_EQ(a[r * l.stage1_dim + i], b[r * l.stage1_dim + i]) << r << " " << i;
+      if (!phase) {
+        EXPECT_EQ(a[r * l.stage1_dim + i], b[r * l.stage1_dim + i]) << r << " " << i;
+      }
     }
   }
   EXPECT_EQ(images.size(), 16u);  // slot 0 of positions 0..15: a permutation of [0, 16)

@@ -21,6 +21,7 @@
 #include "htfr/hft.hpp"
 #include "htfr/ngram.hpp"
 #include "htfr_serve.hpp"
+#include "htfr_verify.hpp"
 
 namespace {
 
@@ -138,6 +139,7 @@ int run_train(const TrainArgs& a) {
                      {"tokens", p.tokens},
                      {"stage1_loss", p.stage1_loss},
                      {"stage2_loss", p.stage2_loss},
+                     {"stage1_grad_norm", p.stage1_grad_norm},  // null in pretraining
                      {"tokens_per_s", rate}});
     }
     if (tty) {
@@ -368,6 +370,24 @@ int main(int argc, char** argv) {
   serve->add_option("--untrained-from", sa.untrained_from,
                     "first write an untrained default-size model to --checkpoint, its statistics "
                     "from this capture");
+  htfr_cli::VerifyArgs va;
+  std::string verify_backend = "auto";
+  auto* verify = app.add_subcommand("verify", "information-flow checks of a trained model (HFT note §9)");
+  verify->add_option("--checkpoint", va.checkpoint, "checkpoint file")->required();
+  verify->add_option("--capture", va.capture, "capture directory (the held-out evaluation capture)")
+      ->required();
+  verify->add_option("--json", va.json_out, "write the report as JSON");
+  verify->add_option("--commit", va.commit, "commit recorded in the JSON");
+  verify->add_option("--max-positions", va.max_positions, "capture rows loaded (0: all)");
+  verify->add_option("--sequences", va.options.sequences, "probe sequences");
+  verify->add_option("--length", va.options.length, "tokens per probe sequence");
+  verify->add_option("--ablate-offsets", va.options.ablate_offsets, "token offsets ablated");
+  verify->add_option("--position-buckets", va.options.position_buckets, "position ranges");
+  verify->add_option("--coupling-rows", va.options.coupling_rows,
+                     "rows the probe copy fine-tunes on (0: all)");
+  verify->add_option("--seed", va.options.seed, "phase permutation and injected tokens");
+  verify->add_option("--backend", verify_backend, "cpu, cuda or auto")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   CLI11_PARSE(app, argc, argv);
   try {
     if (*train) return run_train(ta);
@@ -381,6 +401,10 @@ int main(int argc, char** argv) {
       return htfr_cli::run_generate(ga);
     }
     if (*serve) return htfr_cli::run_serve_bench(sa);
+    if (*verify) {
+      va.backend = pick_backend(verify_backend);
+      return htfr_cli::run_verify(va);
+    }
   } catch (const htfr::Error& e) {
     std::fprintf(stderr, "\nhtfr: error: %s\n", e.what());
     return 1;
