@@ -62,7 +62,9 @@ TEST(HftConfigJson, RoundTripsAndNamesBadKeys) {
 
 TEST(HftConfigJson, RoundTripsThePoolUpkeepKeysAndNamesBadValues) {
   HftConfig c = tiny_config();
-  EXPECT_EQ(c.stage1.init, HftInit::random);  // the defaults leave training as it was
+  EXPECT_EQ(c.stage1.init, HftInit::random);  // the CPU sizes keep the random start
+  EXPECT_EQ(default_hft_config().stage1.init, HftInit::data);  // the measured better default
+  EXPECT_EQ(default_hft_config().stage2.init_rows, 65536);
   EXPECT_EQ(c.stage2.maintenance.reseed_every, 0);
   EXPECT_FALSE(c.stage1.track_usage || c.stage1.prune_after_pretrain);
   c.stage1.init = HftInit::data;

@@ -156,7 +156,9 @@ int run_serve_bench(const ServeBenchArgs& a) {
   if (htfr::cuda_device_count() == 0) throw htfr::NoDevice("serve-bench needs a CUDA device");
   if (!a.untrained_from.empty()) {
     const htfr::CaptureReader capture(a.untrained_from);
-    const htfr::HftConfig config = htfr::default_hft_config();
+    // Speed and memory do not depend on the weights: the random start, without k-means.
+    htfr::HftConfig config = htfr::default_hft_config();
+    config.stage1.init = config.stage2.init = htfr::HftInit::random;
     std::vector<float> embedding(
         static_cast<std::size_t>(config.context.vocab_size * capture.manifest().model.hidden_size));
     std::mt19937_64 rng(1234);
