@@ -147,7 +147,8 @@ HftConfig default_hft_config() {
 
 HftConfig small_hft_config() {
   HftConfig c = default_hft_config();
-  // The CPU budget keeps the random start (data init not measured at these sizes).
+  // The random start: at these sizes and the CPU budget it measured better than data-driven
+  // pools (docs/RESULTS.md, "Pool initialisation in the HFT").
   for (auto* s : {&c.stage1, &c.stage2}) s->init = HftInit::random;
   c.context.window = 32;
   c.context.history_dim = 128;
