@@ -416,7 +416,7 @@ VerifyCheck check_ngram_collisions(const HftModel& model, const HftData& data,
           bucket[detail::bloom_bucket(h, k, p.bloom_size)].insert(h);
       }
   }
-  int64_t used = 0, shared_ngrams = 0;
+  int64_t used = 0;
   double load_sum = 0;
   for (const auto& b : bucket)
     if (!b.empty()) {
@@ -431,7 +431,7 @@ VerifyCheck check_ngram_collisions(const HftModel& model, const HftData& data,
     if (b.size() > 1) sharing.insert(b.begin(), b.end());
     if (static_cast<double>(b.size()) > flag_load) ++flagged_buckets;
   }
-  shared_ngrams = static_cast<int64_t>(sharing.size());
+  const auto shared_ngrams = static_cast<int64_t>(sharing.size());
   // Per row: the mean load of the buckets its window sets, whether one is flagged, its loss.
   const std::vector<float> metrics = sequence_metrics(I, D, S);
   std::vector<double> row_load, row_loss;
