@@ -44,7 +44,7 @@ rc=0
 for mode in "$@"; do
   case "$mode" in
     tests)
-      "$BUILD/tests/htfr_tests" 2>&1 | tee "$OUT/tests.log" | grep -E "^\[  (FAILED|SKIPPED|PASSED) |overlap|compared|FAILED|Failure|error" | head -80
+      "$BUILD/tests/htfr_tests" --gtest_filter="${TESTS_FILTER:-*}" 2>&1 | tee "$OUT/tests.log" | grep -E "^\[  (FAILED|SKIPPED|PASSED) |overlap|compared|FAILED|Failure|error" | head -80
       [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1 ;;
     sanitize)
       # Every GPU test under memcheck; the slower tools skip the long learning runs.
@@ -99,6 +99,8 @@ for mode in "$@"; do
       first=1
       for spec in ${HFT_RUNS:-default=configs/hft-gpu.json}; do
         name=${spec%%=*}; cfg=${spec#*=}
+        # HFT_CLEAN=1: earlier checkpoints go first (a full-size one takes several GB of /tmp).
+        [ "${HFT_CLEAN:-0}" = 1 ] && rm -f /tmp/*.safetensors /tmp/*.safetensors.tmp-*
         "$BUILD/tools/htfr" train --train "$C/train" --eval "$C/eval" --config "$cfg" \
           --out "/tmp/$name.safetensors" --metrics "$OUT/$name.jsonl" --quiet >"$OUT/$name.train.log" 2>&1 || rc=1
         tail -4 "$OUT/$name.train.log"

@@ -17,7 +17,8 @@ namespace htfr::detail {
 namespace {
 
 constexpr int kBlendThreads = 256;
-constexpr int kPerLane = 4;  // 32 lanes x 4 entries cover K <= 128
+constexpr int kPerLane = 8;  // 32 lanes x 8 entries cover K <= 256 (kMaxTopK)
+static_assert(32 * kPerLane >= kMaxTopK, "one warp holds a row's whole selection");
 constexpr int64_t kFewBlocks = 256;  // below this many row tiles, rows are split over blocks
 
 /// Warp 0 of the block: coefficients of row `row` into shared memory (and `coef` if not null).
@@ -78,8 +79,8 @@ __global__ void __launch_bounds__(kBlendThreads)
     blend_kernel(FieldParams params, int k, int64_t m_total, const int32_t* __restrict__ indices,
                  const float* __restrict__ distances, PoolView pool, const T* __restrict__ controls,
                  ActiveCoef* coef, float* __restrict__ y) {
-  __shared__ int32_t s_idx[128];
-  __shared__ float s_wa[128][3];
+  __shared__ int32_t s_idx[32 * kPerLane];
+  __shared__ float s_wa[32 * kPerLane][3];
   const int64_t row = blockIdx.x;
   if (threadIdx.x < 32) {
     row_coefficients_warp(params, row, k, indices, distances, pool,

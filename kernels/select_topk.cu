@@ -11,6 +11,7 @@
 
 #include "detail/check.hpp"
 #include "detail/device.hpp"
+#include "htfr/config.hpp"
 #include "select_topk.cuh"
 
 namespace htfr::detail {
@@ -24,7 +25,8 @@ constexpr int kMaxSortItems = 8;                      // per thread in the large
 constexpr int kCapacity = kThreads * kMaxSortItems;   // 2048 buffered candidates
 constexpr uint32_t kPadKey = 0x7FFFFFFFu;             // above every |float| incl. Inf and NaN
 constexpr int kKeyBits = 31;                          // |d| has a zero sign bit
-static_assert(kCapacity >= 128 + kTile, "the buffer must hold K carried plus one tile");
+constexpr int kMaxK = static_cast<int>(kMaxTopK);
+static_assert(kCapacity >= kMaxK + kTile, "the buffer must hold K carried plus one tile");
 
 template <int ITEMS>
 using Sort = cub::BlockRadixSort<uint32_t, kThreads, ITEMS, int32_t>;
@@ -211,8 +213,8 @@ constexpr int64_t kSplitBelowRows = 64;
 
 void launch_select_topk(const float* dots, const float* offsets, int64_t rows, int64_t n, int k,
                         int32_t* indices, float* distances, cudaStream_t stream) {
-  HTFR_REQUIRE(k >= 1 && k <= 128 && k <= n, InvalidArgument,
-               "top-K selection needs 1 <= K <= min(N, 128); got K=" << k << " N=" << n);
+  HTFR_REQUIRE(k >= 1 && k <= kMaxK && k <= n, InvalidArgument,
+               "top-K selection needs 1 <= K <= min(N, " << kMaxK << "); got K=" << k << " N=" << n);
   if (rows == 0) return;
   HTFR_REQUIRE(rows < (int64_t{1} << 31), InvalidArgument, "too many rows for one launch");
   const unsigned grid = static_cast<unsigned>(rows);

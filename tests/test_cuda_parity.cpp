@@ -249,6 +249,7 @@ const Case kCases[] = {
     {"K_equals_N", 45, 19, 6, 16, 16},
     {"odd_many_tiles", 77, 130, 67, 3001, 24},
     {"K128_big_N", 40, 65, 33, 9000, 128},
+    {"K256_big_N", 35, 70, 21, 12001, 256},
     {"hermite_inverse", 50, 31, 9, 200, 7, Weighting::inverse_distance, Interpolation::hermite},
     {"triangular_ce", 61, 40, 32, 300, 8, Weighting::triangular, Interpolation::linear,
      Loss::cross_entropy},

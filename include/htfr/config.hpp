@@ -86,7 +86,7 @@ struct HtfrConfig {
 };
 
 /// Largest K the kernels support.
-inline constexpr int64_t kMaxTopK = 128;
+inline constexpr int64_t kMaxTopK = 256;
 
 const char* to_string(Backend v);
 const char* to_string(Precision v);
