@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -58,6 +60,37 @@ TEST(HftConfigJson, RoundTripsAndNamesBadKeys) {
   EXPECT_NE(message(R"({"stage1": {"htfr": {"loss": "kl"}}})").find("stage1.loss"),
             std::string::npos);
   EXPECT_NE(message(R"({"batch_streams": 0})").find("batch_streams"), std::string::npos);
+}
+
+// Every shipped config file parses and validates over the preset it is used with (hft-cpu.json
+// over the small preset, the others over the note's defaults), and the GPU budget holds the
+// settings docs/RESULTS.md reports for it.
+TEST(HftConfigJson, ShippedConfigFilesAreValid) {
+  namespace fs = std::filesystem;
+  const auto read = [](const fs::path& p) {
+    std::ifstream in(p);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  int files = 0;
+  for (const fs::path& dir : {fs::path(HTFR_CONFIG_DIR), fs::path(HTFR_CONFIG_DIR) / "ablation"}) {
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      if (entry.path().extension() != ".json") continue;
+      const HftConfig base = entry.path().filename() == "hft-cpu.json" ? small_hft_config()
+                                                                        : default_hft_config();
+      SCOPED_TRACE(entry.path().string());
+      EXPECT_NO_THROW(hft_config_from_json(read(entry.path()), base).validate());
+      ++files;
+    }
+  }
+  EXPECT_GE(files, 20);
+  const HftConfig gpu = hft_config_from_json(read(fs::path(HTFR_CONFIG_DIR) / "hft-gpu.json"));
+  EXPECT_EQ(gpu.stage2.htfr.num_tensors, 65536);
+  EXPECT_EQ(gpu.stage2.htfr.top_k, 256);
+  EXPECT_EQ(gpu.stage2.init_rows, 131072);
+  EXPECT_FLOAT_EQ(gpu.context.stage1_weight, 0.01f);
+  EXPECT_EQ(gpu.pretrain_epochs, 3);
+  EXPECT_EQ(gpu.finetune_epochs, 1);
+  EXPECT_EQ(gpu.stage1.htfr.num_tensors, default_hft_config().stage1.htfr.num_tensors);
 }
 
 TEST(HftConfigJson, RoundTripsThePoolUpkeepKeysAndNamesBadValues) {
