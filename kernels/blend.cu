@@ -17,11 +17,14 @@ namespace htfr::detail {
 namespace {
 
 constexpr int kBlendThreads = 256;
-constexpr int kPerLane = 8;  // 32 lanes x 8 entries cover K <= 256 (kMaxTopK)
-static_assert(32 * kPerLane >= kMaxTopK, "one warp holds a row's whole selection");
+// Selection entries per lane of the coefficient warp: 4 for K <= 128; the wider instance (more
+// registers, so fewer resident blocks) only for K up to kMaxTopK.
+constexpr int kNarrowPerLane = 4, kWidePerLane = 8;
+static_assert(32 * kWidePerLane >= kMaxTopK, "one warp holds a row's whole selection");
 constexpr int64_t kFewBlocks = 256;  // below this many row tiles, rows are split over blocks
 
 /// Warp 0 of the block: coefficients of row `row` into shared memory (and `coef` if not null).
+template <int kPerLane>
 __device__ void row_coefficients_warp(const FieldParams& p, int64_t row, int k,
                                       const int32_t* __restrict__ indices,
                                       const float* __restrict__ distances, const PoolView& pool,
@@ -74,7 +77,7 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162f
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
 /// VEC consecutive outputs per thread; the block covers kBlendThreads * VEC outputs of one row.
-template <typename T, int VEC>
+template <typename T, int VEC, int kPerLane>
 __global__ void __launch_bounds__(kBlendThreads)
     blend_kernel(FieldParams params, int k, int64_t m_total, const int32_t* __restrict__ indices,
                  const float* __restrict__ distances, PoolView pool, const T* __restrict__ controls,
@@ -83,7 +86,7 @@ __global__ void __launch_bounds__(kBlendThreads)
   __shared__ float s_wa[32 * kPerLane][3];
   const int64_t row = blockIdx.x;
   if (threadIdx.x < 32) {
-    row_coefficients_warp(params, row, k, indices, distances, pool,
+    row_coefficients_warp<kPerLane>(params, row, k, indices, distances, pool,
                           blockIdx.y == 0 ? coef : nullptr, s_idx, s_wa);
   }
   __syncthreads();
@@ -138,12 +141,19 @@ void launch_blend_typed(const FieldParams& params, int64_t rows, int k, const in
   const unsigned splits =
       split ? static_cast<unsigned>(std::max<int64_t>(1, std::min(tiles1, kFewBlocks / rows))) : 1;
   const dim3 grid(static_cast<unsigned>(rows), splits);
-  if (vec) {
-    blend_kernel<T, 4><<<grid, kBlendThreads, 0, stream>>>(params, k, m, indices, distances,
-                                                           pool, controls, coef, y);
+  const bool wide = k > 32 * kNarrowPerLane;
+  if (vec && !wide) {
+    blend_kernel<T, 4, kNarrowPerLane><<<grid, kBlendThreads, 0, stream>>>(
+        params, k, m, indices, distances, pool, controls, coef, y);
+  } else if (vec) {
+    blend_kernel<T, 4, kWidePerLane><<<grid, kBlendThreads, 0, stream>>>(
+        params, k, m, indices, distances, pool, controls, coef, y);
+  } else if (!wide) {
+    blend_kernel<T, 1, kNarrowPerLane><<<grid, kBlendThreads, 0, stream>>>(
+        params, k, m, indices, distances, pool, controls, coef, y);
   } else {
-    blend_kernel<T, 1><<<grid, kBlendThreads, 0, stream>>>(params, k, m, indices, distances,
-                                                           pool, controls, coef, y);
+    blend_kernel<T, 1, kWidePerLane><<<grid, kBlendThreads, 0, stream>>>(
+        params, k, m, indices, distances, pool, controls, coef, y);
   }
   HTFR_LAUNCH_CHECK();
 }
@@ -154,8 +164,8 @@ void launch_blend(const FieldParams& params, int64_t rows, int k, const int32_t*
                   const float* distances, const PoolView& pool, Precision precision,
                   ActiveCoef* coef, float* y, cudaStream_t stream) {
   if (rows == 0) return;
-  HTFR_REQUIRE(k >= 1 && k <= 32 * kPerLane, InvalidArgument,
-               "blend needs 1 <= K <= " << 32 * kPerLane << ", got " << k);
+  HTFR_REQUIRE(k >= 1 && k <= kMaxTopK, InvalidArgument,
+               "blend needs 1 <= K <= " << kMaxTopK << ", got " << k);
   HTFR_REQUIRE(rows < (int64_t{1} << 31), InvalidArgument, "too many rows for one launch");
   if (precision == Precision::bf16) {
     launch_blend_typed(params, rows, k, indices, distances, pool,
