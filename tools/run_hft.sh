@@ -6,7 +6,7 @@
 #   tools/run_hft.sh [cpu|gpu|auto]      (auto: gpu when nvidia-smi sees one)
 #
 # cpu budget: 20,000 training and 10,000 evaluation tokens, the small preset (CPU backend);
-# gpu budget: the protocol's 200,000 and 50,000 tokens, the note's sizes (CUDA backend).
+# gpu budget: the protocol's 200,000 and 50,000 tokens, configs/hft-gpu.json (CUDA backend).
 # Environment: HFT_WORK (output folder, default runs/hft-<budget>), HFT_DATA (WikiText-2 raw
 # folder, default ../shared/data/wikitext-2-raw), HFT_CONFIG (extra JSON config).
 set -euo pipefail
