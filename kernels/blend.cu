@@ -1,8 +1,10 @@
-// The fused forward kernel: one block per row (or, for few rows, several blocks sharing a row's
-// outputs); its first warp turns the row's
-// selection into weights and interpolation coefficients (the shared formulas, normalised with
-// butterfly reductions, so every lane holds the same sum), then every thread blends its outputs
-// with vectorised reads of the two non-zero control columns of each active tensor.
+// The fused forward kernel: one warp per (row, output tile). The warp turns the row's selection
+// into weights and interpolation coefficients (the shared formulas, one entry per lane,
+// normalised with butterfly reductions, so every lane holds the same sum), then blends its tile
+// with vectorised reads of the two control columns of each active tensor's segment, the
+// coefficients broadcast by shuffles. Warps are numbered tile-major: the rows that run together
+// share one tile, so that tile's control slices (all tensors: 3 x N x 512 bytes) stay in L2
+// while the rows reuse them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -17,19 +19,25 @@ namespace htfr::detail {
 namespace {
 
 constexpr int kBlendThreads = 256;
-// Selection entries per lane of the coefficient warp: 4 for K <= 128; the wider instance (more
-// registers, so fewer resident blocks) only for K up to kMaxTopK.
+constexpr int kBlendWarps = kBlendThreads / 32;
+// Selection entries per lane: 4 for K <= 128; the wider instance (more registers) only for K up
+// to kMaxTopK.
 constexpr int kNarrowPerLane = 4, kWidePerLane = 8;
 static_assert(32 * kWidePerLane >= kMaxTopK, "one warp holds a row's whole selection");
-constexpr int64_t kFewBlocks = 256;  // below this many row tiles, rows are split over blocks
+// Fewer (row, tile) warps than this with 16-byte tiles (decode steps): one-output lanes instead,
+// so more warps share the rows' loads.
+constexpr int64_t kFewWarps = 1024;
 
-/// Warp 0 of the block: coefficients of row `row` into shared memory (and `coef` if not null).
+/// A row's coefficients, one selection entry per lane and register slot e (entry lane + 32 e):
+/// `col` is the first control column of the entry's segment (3 i + 0 or 3 i + 1), w0 / w1 the
+/// weights w alpha of that column and the next. Writes `coef` when it is not null.
 template <int kPerLane>
 __device__ void row_coefficients_warp(const FieldParams& p, int64_t row, int k,
                                       const int32_t* __restrict__ indices,
                                       const float* __restrict__ distances, const PoolView& pool,
-                                      ActiveCoef* coef, int32_t* s_idx, float (*s_wa)[3]) {
-  const int lane = threadIdx.x;
+                                      ActiveCoef* coef, int32_t (&col)[kPerLane],
+                                      float (&w0)[kPerLane], float (&w1)[kPerLane]) {
+  const int lane = threadIdx.x & 31;
   int32_t id[kPerLane];
   float d[kPerLane], tau[kPerLane];
   float shift = -INFINITY;
@@ -57,6 +65,8 @@ __device__ void row_coefficients_warp(const FieldParams& p, int64_t row, int k,
 #pragma unroll
   for (int e = 0; e < kPerLane; ++e) {
     const int j = lane + 32 * e;
+    col[e] = 0;
+    w0[e] = w1[e] = 0.0f;
     if (j >= k) continue;
     ActiveCoef c;
     c.w = kv[e] * inv;
@@ -64,10 +74,11 @@ __device__ void row_coefficients_warp(const FieldParams& p, int64_t row, int k,
     c.w_dtau = kt[e] * inv;
     interpolation_coefficients(p.interpolation, d[e], pool.dneg[id[e]], pool.dpos[id[e]], c.a,
                                c.da);
-    s_idx[j] = id[e];
-    s_wa[j][0] = c.w * c.a[0];
-    s_wa[j][1] = c.w * c.a[1];
-    s_wa[j][2] = c.w * c.a[2];
+    // alpha is zero outside the segment: columns (0, 1) on the negative side, (1, 2) otherwise.
+    const int first = c.a[0] != 0.0f ? 0 : 1;
+    col[e] = id[e] * 3 + first;
+    w0[e] = c.w * c.a[first];
+    w1[e] = c.w * c.a[first + 1];
     if (coef) coef[row * k + j] = c;
   }
 }
@@ -76,86 +87,137 @@ __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
-/// VEC consecutive outputs per thread; the block covers kBlendThreads * VEC outputs of one row.
+/// VEC consecutive controls, kept as loaded (16 bytes when VEC * sizeof(T) == 16) until used.
+template <typename T, int VEC>
+struct ControlVec {
+  static constexpr bool kWide = VEC * sizeof(T) == 16;
+  std::conditional_t<kWide, uint4, T[VEC]> raw;
+
+  __device__ __forceinline__ void load(const T* p) {
+    if constexpr (kWide) {
+      raw = *reinterpret_cast<const uint4*>(p);
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) raw[v] = p[v];
+    }
+  }
+  __device__ __forceinline__ void zero() {
+    if constexpr (kWide) {
+      raw = make_uint4(0, 0, 0, 0);
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) raw[v] = T(0.0f);
+    }
+  }
+  __device__ __forceinline__ float operator[](int v) const {
+    if constexpr (kWide) {
+      return to_float(reinterpret_cast<const T*>(&raw)[v]);
+    } else {
+      return to_float(raw[v]);
+    }
+  }
+};
+
+/// VEC consecutive outputs per lane: a warp covers 32 * VEC outputs of one row. Every output is
+/// the same sum in the same order (entries ascending, the segment's lower column first) whatever
+/// VEC is. A column whose weight is zero is not read.
 template <typename T, int VEC, int kPerLane>
 __global__ void __launch_bounds__(kBlendThreads)
-    blend_kernel(FieldParams params, int k, int64_t m_total, const int32_t* __restrict__ indices,
-                 const float* __restrict__ distances, PoolView pool, const T* __restrict__ controls,
-                 ActiveCoef* coef, float* __restrict__ y) {
-  __shared__ int32_t s_idx[32 * kPerLane];
-  __shared__ float s_wa[32 * kPerLane][3];
-  const int64_t row = blockIdx.x;
-  if (threadIdx.x < 32) {
+    blend_kernel(FieldParams params, int k, int64_t m_total, int64_t rows, int64_t tiles,
+                 const int32_t* __restrict__ indices, const float* __restrict__ distances,
+                 PoolView pool, const T* __restrict__ controls, ActiveCoef* coef,
+                 float* __restrict__ y) {
+  const int lane = threadIdx.x & 31;
+  const int64_t items = rows * tiles;
+  const int64_t first = int64_t(blockIdx.x) * kBlendWarps + (threadIdx.x >> 5);
+  for (int64_t item = first; item < items; item += int64_t(gridDim.x) * kBlendWarps) {
+    const int64_t tile = item / rows, row = item - tile * rows;
+    int32_t col[kPerLane];
+    float w0[kPerLane], w1[kPerLane];
     row_coefficients_warp<kPerLane>(params, row, k, indices, distances, pool,
-                          blockIdx.y == 0 ? coef : nullptr, s_idx, s_wa);
-  }
-  __syncthreads();
-  // Many rows: the whole row in one block, so its coefficients are computed once. Few rows:
-  // gridDim.y blocks share the row's output tiles (each recomputes the coefficients).
-  const int64_t tile_width = int64_t(kBlendThreads) * VEC;
-  for (int64_t tile = blockIdx.y * tile_width; tile < m_total; tile += gridDim.y * tile_width) {
-    const int64_t m0 = tile + int64_t(threadIdx.x) * VEC;
-    if (m0 >= m_total) break;
+                                    tile == 0 ? coef : nullptr, col, w0, w1);
+    const int64_t m0 = (tile * 32 + lane) * VEC;
+    const bool in = m0 < m_total;  // VEC divides m_total, so a lane is wholly in or out
     float acc[VEC];
 #pragma unroll
     for (int v = 0; v < VEC; ++v) acc[v] = 0.0f;
-    for (int j = 0; j < k; ++j) {
-      const T* base = controls + static_cast<int64_t>(s_idx[j]) * 3 * m_total + m0;
 #pragma unroll
-      for (int col = 0; col < 3; ++col) {
-        const float wa = s_wa[j][col];
-        if (wa == 0.0f) continue;  // alpha has at most two non-zero entries
-        const T* p = base + col * m_total;
-        if constexpr (VEC == 1) {
-          acc[0] += wa * to_float(p[0]);
-        } else {
-          // VEC consecutive elements in one aligned load (16 B for fp32, 8 B for halves).
-          using Vec = std::conditional_t<sizeof(T) == 4, float4, uint2>;
-          const Vec raw = *reinterpret_cast<const Vec*>(p);
-          const T* e = reinterpret_cast<const T*>(&raw);
+    for (int e = 0; e < kPerLane; ++e) {
+      const int n_e = min(32, k - 32 * e);
+      if (n_e <= 0) break;
+      // Two entries at a time: their four loads are issued before any is used.
+      constexpr int kUnroll = 2;
+      for (int j0 = 0; j0 < n_e; j0 += kUnroll) {
+        ControlVec<T, VEC> c0[kUnroll], c1[kUnroll];
+        float a0[kUnroll], a1[kUnroll];
 #pragma unroll
-          for (int v = 0; v < VEC; ++v) acc[v] += wa * to_float(e[v]);
+        for (int u = 0; u < kUnroll; ++u) {
+          const int src = j0 + u < n_e ? j0 + u : 0;
+          const int32_t c = __shfl_sync(0xffffffffu, col[e], src);
+          a0[u] = __shfl_sync(0xffffffffu, w0[e], src);
+          a1[u] = __shfl_sync(0xffffffffu, w1[e], src);
+          if (j0 + u >= n_e) a0[u] = a1[u] = 0.0f;
+          const T* p = controls + int64_t(c) * m_total + m0;
+          c0[u].zero();
+          c1[u].zero();
+          if (in && a0[u] != 0.0f) c0[u].load(p);
+          if (in && a1[u] != 0.0f) c1[u].load(p + m_total);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) {
+            if (a0[u] != 0.0f) acc[v] += a0[u] * c0[u][v];
+            if (a1[u] != 0.0f) acc[v] += a1[u] * c1[u][v];
+          }
         }
       }
     }
+    if (!in) continue;
     float* out = y + row * m_total + m0;
+    if constexpr (VEC % 4 == 0) {
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      if (VEC == 1 || m0 + v < m_total) out[v] = acc[v];
+      for (int v = 0; v < VEC; v += 4) {
+        *reinterpret_cast<float4*>(out + v) = make_float4(acc[v], acc[v + 1], acc[v + 2], acc[v + 3]);
+      }
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) out[v] = acc[v];
     }
   }
+}
+
+template <typename T, int VEC>
+void launch_blend_vec(const FieldParams& params, int64_t rows, int k, const int32_t* indices,
+                      const float* distances, const PoolView& pool, const T* controls,
+                      ActiveCoef* coef, float* y, cudaStream_t stream) {
+  const int64_t m = pool.output_dim;
+  const int64_t tiles = (m + 32 * VEC - 1) / (32 * VEC);
+  const unsigned grid = grid_for(rows * tiles, kBlendWarps);
+  if (k > 32 * kNarrowPerLane) {
+    blend_kernel<T, VEC, kWidePerLane><<<grid, kBlendThreads, 0, stream>>>(
+        params, k, m, rows, tiles, indices, distances, pool, controls, coef, y);
+  } else {
+    blend_kernel<T, VEC, kNarrowPerLane><<<grid, kBlendThreads, 0, stream>>>(
+        params, k, m, rows, tiles, indices, distances, pool, controls, coef, y);
+  }
+  HTFR_LAUNCH_CHECK();
 }
 
 template <typename T>
 void launch_blend_typed(const FieldParams& params, int64_t rows, int k, const int32_t* indices,
                         const float* distances, const PoolView& pool, const T* controls,
                         ActiveCoef* coef, float* y, cudaStream_t stream) {
+  // 16-byte lanes need every column start 16-byte aligned: M a multiple of kVec does it (the
+  // pool's slices are 128-byte aligned). Few rows (decode steps) take one-output lanes.
+  constexpr int kVec = 16 / sizeof(T);
   const int64_t m = pool.output_dim;
-  // Vector loads need every column start aligned: M a multiple of 4 does it (slices are
-  // 128-byte aligned).
-  // Few rows (decode steps): one-output tiles, spread over several blocks per row. Each output
-  // is the same sum in the same order either way.
-  const int64_t tiles1 = (m + kBlendThreads - 1) / kBlendThreads;
-  const bool split = rows * ((m + 4 * kBlendThreads - 1) / (4 * kBlendThreads)) < kFewBlocks;
-  const bool vec = m % 4 == 0 && !split;
-  const unsigned splits =
-      split ? static_cast<unsigned>(std::max<int64_t>(1, std::min(tiles1, kFewBlocks / rows))) : 1;
-  const dim3 grid(static_cast<unsigned>(rows), splits);
-  const bool wide = k > 32 * kNarrowPerLane;
-  if (vec && !wide) {
-    blend_kernel<T, 4, kNarrowPerLane><<<grid, kBlendThreads, 0, stream>>>(
-        params, k, m, indices, distances, pool, controls, coef, y);
-  } else if (vec) {
-    blend_kernel<T, 4, kWidePerLane><<<grid, kBlendThreads, 0, stream>>>(
-        params, k, m, indices, distances, pool, controls, coef, y);
-  } else if (!wide) {
-    blend_kernel<T, 1, kNarrowPerLane><<<grid, kBlendThreads, 0, stream>>>(
-        params, k, m, indices, distances, pool, controls, coef, y);
+  const bool vec = m % kVec == 0 && rows * ((m + 32 * kVec - 1) / (32 * kVec)) >= kFewWarps;
+  if (vec) {
+    launch_blend_vec<T, kVec>(params, rows, k, indices, distances, pool, controls, coef, y, stream);
   } else {
-    blend_kernel<T, 1, kWidePerLane><<<grid, kBlendThreads, 0, stream>>>(
-        params, k, m, indices, distances, pool, controls, coef, y);
+    launch_blend_vec<T, 1>(params, rows, k, indices, distances, pool, controls, coef, y, stream);
   }
-  HTFR_LAUNCH_CHECK();
 }
 
 }  // namespace
