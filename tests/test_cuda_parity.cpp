@@ -250,6 +250,10 @@ const Case kCases[] = {
     {"odd_many_tiles", 77, 130, 67, 3001, 24},
     {"K128_big_N", 40, 65, 33, 9000, 128},
     {"K256_big_N", 35, 70, 21, 12001, 256},
+    // Enough (row, output tile) pairs for the vectorised blend, with a partial last tile.
+    {"many_rows_vector_blend", 520, 24, 264, 700, 9},
+    // A normal too long for the geometry update to keep in shared memory.
+    {"wide_D_global_keep", 13, 16388, 12, 57, 5},
     {"hermite_inverse", 50, 31, 9, 200, 7, Weighting::inverse_distance, Interpolation::hermite},
     {"triangular_ce", 61, 40, 32, 300, 8, Weighting::triangular, Interpolation::linear,
      Loss::cross_entropy},
@@ -315,7 +319,8 @@ TEST(CudaPool, RandomInitMatchesCpu) {
 TEST(CudaHalfPrecision, SelectionIsOptimalUpToRounding) {
   HTFR_SKIP_WITHOUT_GPU();
   for (Precision prec : {Precision::bf16, Precision::fp16}) {
-    Case c{"half", 300, 256, 64, 4000, 16};
+    // 1,100 rows: enough (row, tile) pairs for the vectorised half-precision blend.
+    Case c{"half", 1100, 256, 64, 4000, 16};
     HtfrConfig cfg = config_of(c);
     HyperTensorPool cpu_pool = random_cpu_pool(cfg, 8);
     const PoolParameters params = cpu_pool.download();
