@@ -286,6 +286,9 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def git_commit() -> str:
+    """HTFR_COMMIT when set (a copied tree may carry stale git metadata), else git's HEAD."""
+    if os.environ.get("HTFR_COMMIT"):
+        return os.environ["HTFR_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
@@ -294,7 +297,7 @@ def git_commit() -> str:
             return r.stdout.strip()
     except Exception:
         pass
-    return os.environ.get("HTFR_COMMIT") or "unknown"
+    return "unknown"
 
 
 def write_json(path, doc):
