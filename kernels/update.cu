@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cub/block/block_reduce.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_run_length_encode.cuh>
@@ -128,21 +129,16 @@ __device__ __forceinline__ void load_vec(const T* p, int64_t m0, int64_t len, fl
         value[v + 2] = q.z;
         value[v + 3] = q.w;
       }
-    } else if constexpr (VEC % 8 == 0) {
-#pragma unroll
-      for (int v = 0; v < VEC; v += 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(p + m0 + v);
-        const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-        for (int u = 0; u < 8; ++u) value[v + u] = load_f(e, u);
-      }
     } else {
+      // Halves: eight per 16-byte load, or four per 8-byte load when VEC == 4.
+      using Raw = std::conditional_t<VEC % 8 == 0, uint4, uint2>;
+      constexpr int kPer = sizeof(Raw) / sizeof(T);
 #pragma unroll
-      for (int v = 0; v < VEC; v += 4) {
-        const uint2 raw = *reinterpret_cast<const uint2*>(p + m0 + v);
+      for (int v = 0; v < VEC; v += kPer) {
+        const Raw raw = *reinterpret_cast<const Raw*>(p + m0 + v);
         const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-        for (int u = 0; u < 4; ++u) value[v + u] = load_f(e, u);
+        for (int u = 0; u < kPer; ++u) value[v + u] = load_f(e, u);
       }
     }
   } else {
