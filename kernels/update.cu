@@ -5,7 +5,6 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <cub/block/block_reduce.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_run_length_encode.cuh>
@@ -19,7 +18,7 @@ namespace htfr::detail {
 
 namespace {
 
-constexpr int kThreads = kUpdateThreads;
+constexpr int kThreads = 256;
 using Reduce = cub::BlockReduce<float, kThreads>;
 
 int key_bits(int64_t n) {
@@ -40,64 +39,37 @@ __device__ __forceinline__ void store_half(void* base, int64_t at, float v, Prec
   }
 }
 
-/// Stores value[0..VEC) at row + m0 (fp32, and the half copy when present). When VEC is a
-/// multiple of 4 (the row length is then one too) each group of four is one 16-byte and one
-/// 8-byte store, else element by element. The stores are marked streaming (evict first):
-/// parameters written here are not read again in the step, so they should not push the step's
-/// gradient and input rows out of L2.
+/// Stores value[0..VEC) at row + m0 (fp32, and the half copy when present): one 16-byte and one
+/// 8-byte store when VEC == 4 (the row length is then a multiple of 4), else element by element.
 template <int VEC>
 __device__ __forceinline__ void store_row(float* dst, void* half, Precision p, int64_t row,
                                           int64_t m0, int64_t len, const float (&value)[VEC]) {
-  if constexpr (VEC % 4 == 0) {
-    if (m0 >= len) return;
-#pragma unroll
-    for (int v = 0; v < VEC; v += 4) {
-      __stcs(reinterpret_cast<float4*>(dst + row + m0 + v),
-             make_float4(value[v], value[v + 1], value[v + 2], value[v + 3]));
-      if (half == nullptr) continue;
+  if (VEC == 4 && m0 < len) {
+    *reinterpret_cast<float4*>(dst + row + m0) =
+        make_float4(value[0], value[1 % VEC], value[2 % VEC], value[3 % VEC]);
+    if (half == nullptr) return;
+    if (p == Precision::bf16) {
+      __nv_bfloat162 lo = __floats2bfloat162_rn(value[0], value[1 % VEC]);
+      __nv_bfloat162 hi = __floats2bfloat162_rn(value[2 % VEC], value[3 % VEC]);
       uint2 packed;
-      if (p == Precision::bf16) {
-        __nv_bfloat162 lo = __floats2bfloat162_rn(value[v], value[v + 1]);
-        __nv_bfloat162 hi = __floats2bfloat162_rn(value[v + 2], value[v + 3]);
-        packed.x = *reinterpret_cast<uint32_t*>(&lo);
-        packed.y = *reinterpret_cast<uint32_t*>(&hi);
-      } else {
-        __half2 lo = __floats2half2_rn(value[v], value[v + 1]);
-        __half2 hi = __floats2half2_rn(value[v + 2], value[v + 3]);
-        packed.x = *reinterpret_cast<uint32_t*>(&lo);
-        packed.y = *reinterpret_cast<uint32_t*>(&hi);
-      }
-      // Both half types are 2 bytes: the copy's element offset is the same.
-      __stcs(reinterpret_cast<uint2*>(static_cast<uint16_t*>(half) + row + m0 + v), packed);
+      packed.x = *reinterpret_cast<uint32_t*>(&lo);
+      packed.y = *reinterpret_cast<uint32_t*>(&hi);
+      *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(half) + row + m0) = packed;
+    } else {
+      __half2 lo = __floats2half2_rn(value[0], value[1 % VEC]);
+      __half2 hi = __floats2half2_rn(value[2 % VEC], value[3 % VEC]);
+      uint2 packed;
+      packed.x = *reinterpret_cast<uint32_t*>(&lo);
+      packed.y = *reinterpret_cast<uint32_t*>(&hi);
+      *reinterpret_cast<uint2*>(static_cast<__half*>(half) + row + m0) = packed;
     }
-  } else {
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      if (m0 + v >= len) break;
-      dst[row + m0 + v] = value[v];
-      if (half) store_half(half, row + m0 + v, value[v], p);
-    }
+    return;
   }
-}
-
-/// Loads value[0..VEC) from row + m0 with the streaming hint (read once in the step): 16-byte
-/// loads when VEC is a multiple of 4, else element by element with zeros past `len`.
-template <int VEC>
-__device__ __forceinline__ void load_row_streaming(const float* src, int64_t row, int64_t m0,
-                                                   int64_t len, float (&value)[VEC]) {
-  if constexpr (VEC % 4 == 0) {
 #pragma unroll
-    for (int v = 0; v < VEC; v += 4) {
-      const float4 q = m0 < len ? __ldcs(reinterpret_cast<const float4*>(src + row + m0 + v))
-                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      value[v] = q.x;
-      value[v + 1] = q.y;
-      value[v + 2] = q.z;
-      value[v + 3] = q.w;
-    }
-  } else {
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) value[v] = m0 + v < len ? __ldcs(src + row + m0 + v) : 0.0f;
+  for (int v = 0; v < VEC; ++v) {
+    if (m0 + v >= len) break;
+    dst[row + m0 + v] = value[v];
+    if (half) store_half(half, row + m0 + v, value[v], p);
   }
 }
 
@@ -109,51 +81,9 @@ __device__ __forceinline__ float load_f(const __half* p, int64_t at) {
   return __half2float(p[at]);
 }
 
-/// value[0..VEC) = p[m0 + v] as floats (zeros past `len`): 16-byte loads when VEC is a multiple
-/// of 4 (fp32) or 8 (halves), which needs the row length to be a multiple of VEC; 8-byte loads
-/// of halves when VEC == 4.
-template <typename T, int VEC>
-__device__ __forceinline__ void load_vec(const T* p, int64_t m0, int64_t len, float (&value)[VEC]) {
-  if constexpr (VEC % 4 == 0) {
-    if (m0 >= len) {
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) value[v] = 0.0f;
-      return;
-    }
-    if constexpr (sizeof(T) == 4) {
-#pragma unroll
-      for (int v = 0; v < VEC; v += 4) {
-        const float4 q = *reinterpret_cast<const float4*>(p + m0 + v);
-        value[v] = q.x;
-        value[v + 1] = q.y;
-        value[v + 2] = q.z;
-        value[v + 3] = q.w;
-      }
-    } else {
-      // Halves: eight per 16-byte load, or four per 8-byte load when VEC == 4.
-      using Raw = std::conditional_t<VEC % 8 == 0, uint4, uint2>;
-      constexpr int kPer = sizeof(Raw) / sizeof(T);
-#pragma unroll
-      for (int v = 0; v < VEC; v += kPer) {
-        const Raw raw = *reinterpret_cast<const Raw*>(p + m0 + v);
-        const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-        for (int u = 0; u < kPer; ++u) value[v + u] = load_f(e, u);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) value[v] = m0 + v < len ? load_f(p, m0 + v) : 0.0f;
-  }
-}
-
 /// Pairs of one tensor staged in shared memory at a time.
 constexpr int kStage = 128;
 
-/// One block per touched tensor, up to 65,535 blocks (grid-stride beyond).
-unsigned run_grid(int64_t max_runs) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(max_runs, 65535)));
-}
 /// One block per touched tensor, one pass over its rows per chunk of kThreads * VEC outputs: the
 /// chunk's old controls sit in registers, each row's gradient slice is read once, giving both the
 /// control gradient (summed in registers, rows in ascending order) and the partial dot products
@@ -217,7 +147,9 @@ __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, 
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
             const int q = min(q0 + u, n_round - 1);
-            load_vec(g + s_row[q], m0, M, gv[u]);
+            const G* gr = g + s_row[q];
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) gv[u][v] = m0 + v < M ? load_f(gr, m0 + v) : 0.0f;
           }
           float dot[kUnroll][3];
 #pragma unroll
@@ -348,9 +280,7 @@ using SumsReduce = cub::BlockReduce<PairSums, kThreads>;
 /// optional clipping, the optimiser step, renormalisation; then the scalars from block-reduced
 /// sums over the rows.
 template <typename X, int VEC>
-__global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a, const X* x,
-                                                                   bool keep_in_shared) {
-  extern __shared__ float s_keep[];  // input_dim floats when keep_in_shared
+__global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a, const X* x) {
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ typename SumsReduce::TempStorage sums_tmp;
   __shared__ float s_scale;
@@ -388,7 +318,9 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
           float xv[4][VEC];
 #pragma unroll
           for (int u = 0; u < 4; ++u) {
-            load_vec(x + s_row[q + u], j0, D, xv[u]);
+            const X* xr = x + s_row[q + u];
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) xv[u][v] = j0 + v < D ? load_f(xr, j0 + v) : 0.0f;
           }
 #pragma unroll
           for (int u = 0; u < 4; ++u) {
@@ -399,10 +331,11 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
         }
         for (; q < n_round; ++q) {
           const float e = s_e[q];
-          float xv[VEC];
-          load_vec(x + s_row[q], j0, D, xv);
+          const X* xr = x + s_row[q];
 #pragma unroll
-          for (int v = 0; v < VEC; ++v) grad[v] += e * xv[v];
+          for (int v = 0; v < VEC; ++v) {
+            if (j0 + v < D) grad[v] += e * load_f(xr, j0 + v);
+          }
         }
       }
     };
@@ -426,14 +359,9 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
       __syncthreads();
     }
     float* n = a.pool.normals + i * D;
-    // The unnormalised normal waits for its norm in shared memory when the launch gave room for
-    // it (the fp32 normal is then read once and written once), else in the pool itself.
-    float* keep = keep_in_shared ? s_keep : n;
     float part = 0.0f;
     for (int64_t chunk = 0; chunk < D; chunk += step) {
       const int64_t j0 = chunk + int64_t(threadIdx.x) * VEC;
-      float old[VEC];
-      load_row_streaming(n, 0, j0, D, old);  // in flight while the gradient is summed
       float grad[VEC];
       chunk_grad(j0, grad);
       float value[VEC];
@@ -442,18 +370,16 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
         const int64_t j = j0 + v;
         const int64_t at = i * D + j;
         float dummy_m = 0.0f, dummy_v = 0.0f;
-        value[v] = j < D ? old[v] + optimizer_delta(a.step, a.step.lr_geometry,
-                                                     grad[v] * clip_scale,
-                                                     a.m_normals ? a.m_normals + at : &dummy_m,
-                                                     a.v_normals ? a.v_normals + at : &dummy_v)
+        value[v] = j < D ? n[j] + optimizer_delta(a.step, a.step.lr_geometry,
+                                                   grad[v] * clip_scale,
+                                                   a.m_normals ? a.m_normals + at : &dummy_m,
+                                                   a.v_normals ? a.v_normals + at : &dummy_v)
                          : 0.0f;
         part += value[v] * value[v];
       }
-      // Each thread reads back only the coordinates it wrote: no barrier needed for `keep`.
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) {
-        if (j0 + v < D) keep[j0 + v] = value[v];
-      }
+      // Unnormalised for now; the half copy is written after renormalisation.
+      store_row(a.pool.normals, static_cast<void*>(nullptr), a.pool.half_precision, i * D, j0, D,
+                value);
     }
     const float total = Reduce(tmp).Sum(part);
     if (threadIdx.x == 0) s_scale = 1.0f / (sqrtf(total) + 1e-12f);
@@ -463,7 +389,7 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
       const int64_t j0 = chunk + int64_t(threadIdx.x) * VEC;
       float value[VEC];
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) value[v] = j0 + v < D ? keep[j0 + v] * inv : 0.0f;
+      for (int v = 0; v < VEC; ++v) value[v] = j0 + v < D ? n[j0 + v] * inv : 0.0f;
       store_row(a.pool.normals, a.pool.normals_half, a.pool.half_precision, i * D, j0, D, value);
     }
     // The tensor's scalar sums, one pair per thread and a fixed-order block reduction.
@@ -516,6 +442,10 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
     }
     __syncthreads();
   }
+}
+
+unsigned run_grid(int64_t max_runs) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(max_runs, 65535)));
 }
 
 }  // namespace
@@ -592,34 +522,15 @@ void launch_input_grad(const UpdateArgs& args, const int32_t* indices, int64_t r
   HTFR_LAUNCH_CHECK();
 }
 
-/// Largest normal (bytes) the geometry update keeps in shared memory; longer ones go through
-/// the pool. 64 KiB covers Stage 1's 16,384 inputs and still leaves three blocks per SM.
-constexpr std::size_t kMaxKeptNormalBytes = 64 * 1024;
-
-template <typename X, int VEC>
-void launch_geometry_update_vec(const UpdateArgs& args, const X* x, int64_t max_runs,
-                                cudaStream_t stream) {
-  const auto kernel = geometry_update_kernel<X, VEC>;
-  const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(args.pool.input_dim);
-  const bool keep = bytes <= kMaxKeptNormalBytes;
-  if (keep && bytes > 48 * 1024) {
-    HTFR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(bytes)));
-  }
-  kernel<<<run_grid(max_runs), kThreads, keep ? bytes : 0, stream>>>(args, x, keep);
-  HTFR_LAUNCH_CHECK();
-}
-
 template <typename X>
 void launch_geometry_update_typed(const UpdateArgs& args, const X* x, int64_t max_runs,
                                   cudaStream_t stream) {
-  if (args.pool.input_dim % 8 == 0) {
-    launch_geometry_update_vec<X, 8>(args, x, max_runs, stream);
-  } else if (args.pool.input_dim % 4 == 0) {
-    launch_geometry_update_vec<X, 4>(args, x, max_runs, stream);
+  if (args.pool.input_dim % 4 == 0) {
+    geometry_update_kernel<X, 4><<<run_grid(max_runs), kThreads, 0, stream>>>(args, x);
   } else {
-    launch_geometry_update_vec<X, 1>(args, x, max_runs, stream);
+    geometry_update_kernel<X, 1><<<run_grid(max_runs), kThreads, 0, stream>>>(args, x);
   }
+  HTFR_LAUNCH_CHECK();
 }
 
 void launch_geometry_update(const UpdateArgs& args, int64_t max_runs, cudaStream_t stream) {

@@ -12,9 +12,6 @@
 
 namespace htfr::detail {
 
-/// Threads per block of the update kernels.
-inline constexpr int kUpdateThreads = 256;
-
 /// Partial sums per pair and column of G (one per warp of the control-update block).
 inline constexpr int kDotParts = 8;
 

@@ -252,8 +252,8 @@ const Case kCases[] = {
     {"K256_big_N", 35, 70, 21, 12001, 256},
     // Enough (row, output tile) pairs for the vectorised blend, with a partial last tile.
     {"many_rows_vector_blend", 520, 24, 264, 700, 9},
-    // A normal too long for the geometry update to keep in shared memory.
-    {"wide_D_global_keep", 13, 16388, 12, 57, 5},
+    // Long normals: 16,388 inputs (a multiple of 4, not of 8).
+    {"wide_D", 13, 16388, 12, 57, 5},
     {"hermite_inverse", 50, 31, 9, 200, 7, Weighting::inverse_distance, Interpolation::hermite},
     {"triangular_ce", 61, 40, 32, 300, 8, Weighting::triangular, Interpolation::linear,
      Loss::cross_entropy},
