@@ -178,7 +178,8 @@ __global__ void __launch_bounds__(kBlendThreads)
     if constexpr (VEC % 4 == 0) {
 #pragma unroll
       for (int v = 0; v < VEC; v += 4) {
-        *reinterpret_cast<float4*>(out + v) = make_float4(acc[v], acc[v + 1], acc[v + 2], acc[v + 3]);
+        *reinterpret_cast<float4*>(out + v) =
+            make_float4(acc[v], acc[v + 1], acc[v + 2], acc[v + 3]);
       }
     } else {
 #pragma unroll
@@ -229,6 +230,9 @@ void launch_blend(const FieldParams& params, int64_t rows, int k, const int32_t*
   HTFR_REQUIRE(k >= 1 && k <= kMaxTopK, InvalidArgument,
                "blend needs 1 <= K <= " << kMaxTopK << ", got " << k);
   HTFR_REQUIRE(rows < (int64_t{1} << 31), InvalidArgument, "too many rows for one launch");
+  HTFR_REQUIRE(pool.num_tensors <= (int64_t{1} << 31) / 3, InvalidArgument,
+               "blend addresses control columns with 32-bit indices; N = " << pool.num_tensors
+                                                                          << " is too large");
   if (precision == Precision::bf16) {
     launch_blend_typed(params, rows, k, indices, distances, pool,
                        static_cast<const __nv_bfloat16*>(pool.controls_half), coef, y, stream);

@@ -11,8 +11,8 @@
 
 namespace htfr::detail {
 
-/// One fused kernel, one block per row: the row's locality weights and interpolation
-/// coefficients from its selection (indices, signed distances: rows x K), then
+/// One fused kernel, one warp per (row, output tile): the row's locality weights and
+/// interpolation coefficients from its selection (indices, signed distances: rows x K), then
 /// y[r, m] = sum_k w_rk sum_j alpha_rkj C_{i_rk}[m, j]. Reads the controls' half copy when
 /// `precision` is bf16/fp16, the fp32 masters otherwise; accumulates in fp32. When `coef` is not
 /// null the coefficients are also written there (rows x K), for the training step. Asynchronous.
