@@ -1,9 +1,12 @@
-// Top-K selection by smallest |d|: one block per row streams the row's distances in tiles,
-// compacts the candidates that beat the current K-th best into a shared buffer (BlockScan keeps
-// them in index order), and sorts the buffer with BlockRadixSort after the first tile, when it
-// would overflow, and at the end. The threshold from the first tile filters out most later
-// distances, so a typical row needs one 1024-key sort and one small final sort. With few rows
-// (decode steps), each row is split into slices selected by separate blocks and merged.
+// Top-K selection by smallest |d|, one block per row (or per slice of a row when there are few
+// rows). The row is read in segments of 8,192 distances held in registers. For each segment a
+// threshold T is found with 31 block-wide counting barriers: the smallest value that at least K of
+// the threads' own minima do not exceed, so at least K distances of the segment are <= T and,
+// unless the segment's best K share threads, only K pass. The distances <= T (and better than the
+// K carried from earlier segments) are compacted into shared memory, and the carried K plus these
+// few candidates are ranked by (|d|, index), each candidate counting those before it. Rows whose
+// candidates would overflow the buffer (many equal distances) take the general path: tiles of
+// 1,024 distances filtered against the K-th best so far, with BlockRadixSort on the buffer.
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -143,6 +146,132 @@ __device__ void select_range(SharedStorage& s, const float* __restrict__ d,
   sort_buffer(s, count);
 }
 
+constexpr int kSegmentLoads = 8;                          // 16-byte loads per thread
+constexpr int kSegmentItems = 4 * kSegmentLoads;           // distances per thread
+constexpr int kSegment = kThreads * kSegmentItems;         // 8,192 distances per segment
+constexpr int kFastCapacity = 512;                         // carried K + a segment's candidates
+constexpr int kRanked = 1024;                              // where ranked candidates go
+static_assert(kRanked >= kFastCapacity && kRanked + kMaxK <= kCapacity, "buffers overlap");
+constexpr uint32_t kAboveAll = 0xFFFFFFFFu;                // above every key, kPadKey included
+
+/// The smallest v such that at least k threads of the block hold m <= v (k <= kThreads): bit by
+/// bit from the top, one counting barrier per bit.
+__device__ uint32_t kth_smallest_of_threads(uint32_t m, int k) {
+  uint32_t v = 0;
+  for (int b = 30; b >= 0; --b) {
+    const uint32_t trial = v | ((1u << b) - 1u);
+    if (__syncthreads_count(m <= trial) < k) v |= 1u << b;
+  }
+  return v;
+}
+
+/// Leaves the top K of distances [begin, end) of one row sorted by (|d|, index) in s.keys /
+/// s.vals [0, K) (padded with kPadKey when the range holds fewer) and returns true; returns false
+/// (with nothing guaranteed) when a segment's candidates overflow the buffer. Distance i of a
+/// segment sits in thread (i / 4) % kThreads, so every load is a coalesced 16-byte access when
+/// VEC4 (the row length is a multiple of 4).
+template <bool VEC4>
+__device__ bool select_range_segments(SharedStorage& s, const float* __restrict__ d,
+                                      const float* __restrict__ offsets, int64_t begin,
+                                      int64_t end, int k) {
+  int carried = 0;                  // entries in s.keys / s.vals [0, carried), sorted
+  uint32_t carried_kth = kAboveAll;  // a later distance must beat the K-th carried one
+  for (int64_t base = begin; base < end; base += kSegment) {
+    const int len = static_cast<int>(end - base < kSegment ? end - base : kSegment);
+    const float* ds = d + base;
+    const float* os = offsets + base;
+    uint32_t keys[kSegmentItems];
+    uint32_t low = kPadKey;
+#pragma unroll
+    for (int j = 0; j < kSegmentLoads; ++j) {
+      const int first = (j * kThreads + static_cast<int>(threadIdx.x)) * 4;
+      if (VEC4 && first + 4 <= len) {
+        const float4 dv = *reinterpret_cast<const float4*>(ds + first);
+        const float4 ov = *reinterpret_cast<const float4*>(os + first);
+        keys[4 * j + 0] = __float_as_uint(fabsf(dv.x + ov.x));
+        keys[4 * j + 1] = __float_as_uint(fabsf(dv.y + ov.y));
+        keys[4 * j + 2] = __float_as_uint(fabsf(dv.z + ov.z));
+        keys[4 * j + 3] = __float_as_uint(fabsf(dv.w + ov.w));
+      } else {
+#pragma unroll
+        for (int v = 0; v < 4; ++v) {
+          keys[4 * j + v] = first + v < len ? __float_as_uint(fabsf(ds[first + v] + os[first + v]))
+                                            : kPadKey;
+        }
+      }
+#pragma unroll
+      for (int v = 0; v < 4; ++v) low = min(low, keys[4 * j + v]);
+    }
+    // Threads without a distance in range hold kPadKey; then every distance passes.
+    const uint32_t threshold = kth_smallest_of_threads(low, k);
+    auto passes = [&](int j, int v) {
+      const int i = (j * kThreads + static_cast<int>(threadIdx.x)) * 4 + v;
+      return i < len && keys[4 * j + v] <= threshold && keys[4 * j + v] < carried_kth;
+    };
+    int mine = 0;
+#pragma unroll
+    for (int j = 0; j < kSegmentLoads; ++j) {
+#pragma unroll
+      for (int v = 0; v < 4; ++v) mine += passes(j, v) ? 1 : 0;
+    }
+    int at = 0, total = 0;
+    Scan(s.temp.scan).ExclusiveSum(mine, at, total);
+    if (carried + total > kFastCapacity) return false;  // uniform: total is the block's sum
+    at += carried;
+#pragma unroll
+    for (int j = 0; j < kSegmentLoads; ++j) {
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        if (passes(j, v)) {
+          s.keys[at] = keys[4 * j + v];
+          s.vals[at] = static_cast<int32_t>(base + (j * kThreads + threadIdx.x) * 4 + v);
+          ++at;
+        }
+      }
+    }
+    __syncthreads();
+    // Rank every candidate by (key, index); the best K go to kRanked + rank, then back to 0.
+    const int count = carried + total;
+    for (int e = threadIdx.x; e < count; e += kThreads) {
+      const uint32_t key = s.keys[e];
+      const int32_t val = s.vals[e];
+      int rank = 0;
+      for (int q = 0; q < count; ++q) {
+        const uint32_t other = s.keys[q];
+        rank += (other < key || (other == key && s.vals[q] < val)) ? 1 : 0;
+      }
+      if (rank < k) {
+        s.keys[kRanked + rank] = key;
+        s.vals[kRanked + rank] = val;
+      }
+    }
+    __syncthreads();
+    carried = min(k, count);
+    for (int e = threadIdx.x; e < carried; e += kThreads) {
+      s.keys[e] = s.keys[kRanked + e];
+      s.vals[e] = s.vals[kRanked + e];
+    }
+    __syncthreads();
+    if (carried == k) carried_kth = s.keys[k - 1];
+  }
+  for (int e = carried + threadIdx.x; e < k; e += kThreads) {
+    s.keys[e] = kPadKey;
+    s.vals[e] = INT32_MAX;
+  }
+  __syncthreads();
+  return true;
+}
+
+/// The top K of [begin, end): by segments, or along tiles when a segment overflows the buffer.
+template <bool VEC4>
+__device__ void select_any(SharedStorage& s, const float* __restrict__ d,
+                           const float* __restrict__ offsets, int64_t begin, int64_t end, int k) {
+  if (!select_range_segments<VEC4>(s, d, offsets, begin, end, k)) {
+    __syncthreads();
+    select_range<VEC4>(s, d, offsets, begin, end, k);
+  }
+}
+
 /// Writes the sorted buffer's first K as the row's selection.
 __device__ void write_selection(const SharedStorage& s, const float* __restrict__ d,
                                 const float* __restrict__ offsets, int64_t row, int k,
@@ -164,7 +293,7 @@ __global__ void __launch_bounds__(kThreads) select_topk_kernel(const float* __re
   __shared__ SharedStorage s;
   const int64_t row = blockIdx.x;
   const float* d = dots + row * n;
-  select_range<VEC4>(s, d, offsets, 0, n, k);
+  select_any<VEC4>(s, d, offsets, 0, n, k);
   write_selection(s, d, offsets, row, k, indices, distances);
 }
 
@@ -178,7 +307,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ SharedStorage s;
   const int64_t row = blockIdx.x, slice = blockIdx.y;
   const int64_t begin = slice * len, end = begin + len < n ? begin + len : n;
-  select_range<VEC4>(s, dots + row * n, offsets, begin, end, k);
+  select_any<VEC4>(s, dots + row * n, offsets, begin, end, k);
   const int64_t at = (row * gridDim.y + slice) * k;
   for (int j = threadIdx.x; j < k; j += kThreads) {
     part_keys[at + j] = s.keys[j];
