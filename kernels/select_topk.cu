@@ -152,6 +152,7 @@ constexpr int kSegment = kThreads * kSegmentItems;         // 8,192 distances pe
 constexpr int kFastCapacity = 512;                         // carried K + a segment's candidates
 constexpr int kRanked = 1024;                              // where ranked candidates go
 static_assert(kRanked >= kFastCapacity && kRanked + kMaxK <= kCapacity, "buffers overlap");
+static_assert(kMaxK <= kThreads, "a segment's threshold needs K threads");
 constexpr uint32_t kAboveAll = 0xFFFFFFFFu;                // above every key, kPadKey included
 
 /// The smallest v such that at least k threads of the block hold m <= v (k <= kThreads): bit by

@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cub/block/block_reduce.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_run_length_encode.cuh>
@@ -43,10 +44,15 @@ __device__ __forceinline__ void store_half(void* base, int64_t at, float v, Prec
 /// 8-byte store when VEC == 4 (the row length is then a multiple of 4), else element by element.
 template <int VEC>
 __device__ __forceinline__ void store_row(float* dst, void* half, Precision p, int64_t row,
-                                          int64_t m0, int64_t len, const float (&value)[VEC]) {
+                                          int64_t m0, int64_t len, const float (&value)[VEC],
+                                          bool streaming = false) {
   if (VEC == 4 && m0 < len) {
-    *reinterpret_cast<float4*>(dst + row + m0) =
-        make_float4(value[0], value[1 % VEC], value[2 % VEC], value[3 % VEC]);
+    const float4 f = make_float4(value[0], value[1 % VEC], value[2 % VEC], value[3 % VEC]);
+    if (streaming) {
+      __stcs(reinterpret_cast<float4*>(dst + row + m0), f);
+    } else {
+      *reinterpret_cast<float4*>(dst + row + m0) = f;
+    }
     if (half == nullptr) return;
     if (p == Precision::bf16) {
       __nv_bfloat162 lo = __floats2bfloat162_rn(value[0], value[1 % VEC]);
@@ -54,14 +60,24 @@ __device__ __forceinline__ void store_row(float* dst, void* half, Precision p, i
       uint2 packed;
       packed.x = *reinterpret_cast<uint32_t*>(&lo);
       packed.y = *reinterpret_cast<uint32_t*>(&hi);
-      *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(half) + row + m0) = packed;
+      uint2* to = reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(half) + row + m0);
+      if (streaming) {
+        __stcs(to, packed);
+      } else {
+        *to = packed;
+      }
     } else {
       __half2 lo = __floats2half2_rn(value[0], value[1 % VEC]);
       __half2 hi = __floats2half2_rn(value[2 % VEC], value[3 % VEC]);
       uint2 packed;
       packed.x = *reinterpret_cast<uint32_t*>(&lo);
       packed.y = *reinterpret_cast<uint32_t*>(&hi);
-      *reinterpret_cast<uint2*>(static_cast<__half*>(half) + row + m0) = packed;
+      uint2* to = reinterpret_cast<uint2*>(static_cast<__half*>(half) + row + m0);
+      if (streaming) {
+        __stcs(to, packed);
+      } else {
+        *to = packed;
+      }
     }
     return;
   }
@@ -79,6 +95,51 @@ __device__ __forceinline__ float load_f(const __nv_bfloat16* p, int64_t at) {
 }
 __device__ __forceinline__ float load_f(const __half* p, int64_t at) {
   return __half2float(p[at]);
+}
+
+/// Four consecutive values (at a multiple of 4, 8- or 16-byte aligned) as floats, one load.
+__device__ __forceinline__ void load_row4(const float* p, float (&o)[4]) {
+  const float4 q = *reinterpret_cast<const float4*>(p);
+  o[0] = q.x;
+  o[1] = q.y;
+  o[2] = q.z;
+  o[3] = q.w;
+}
+__device__ __forceinline__ void load_row4(const __nv_bfloat16* p, float (&o)[4]) {
+  const uint2 q = *reinterpret_cast<const uint2*>(p);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.y));
+  o[0] = lo.x;
+  o[1] = lo.y;
+  o[2] = hi.x;
+  o[3] = hi.y;
+}
+__device__ __forceinline__ void load_row4(const __half* p, float (&o)[4]) {
+  const uint2 q = *reinterpret_cast<const uint2*>(p);
+  const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&q.x));
+  const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&q.y));
+  o[0] = lo.x;
+  o[1] = lo.y;
+  o[2] = hi.x;
+  o[3] = hi.y;
+}
+
+/// Values [at, at + VEC) of a row as floats, zero past `len`: one 8- or 16-byte load when VEC
+/// is 4 (then len is a multiple of 4 and the row 16-byte aligned), else one value at a time.
+template <int VEC, typename T>
+__device__ __forceinline__ void load_slice(const T* row, int64_t at, int64_t len,
+                                           float (&out)[VEC]) {
+  if constexpr (VEC == 4) {
+    if (at < len) {
+      load_row4(row + at, out);
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) out[v] = 0.0f;
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) out[v] = at + v < len ? load_f(row, at + v) : 0.0f;
+  }
 }
 
 /// Pairs of one tensor staged in shared memory at a time.
@@ -111,7 +172,7 @@ __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, 
       for (int j = 0; j < 3; ++j) {
         const float* col = a.pool.controls + (i * 3 + j) * M;
         if (VEC == 4 && m0 < M) {  // M % 4 == 0: one aligned 16-byte load
-          const float4 q = *reinterpret_cast<const float4*>(col + m0);
+          const float4 q = __ldcs(reinterpret_cast<const float4*>(col + m0));
           c[j][0] = q.x;
           c[j][1 % VEC] = q.y;
           c[j][2 % VEC] = q.z;
@@ -147,9 +208,7 @@ __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, 
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
             const int q = min(q0 + u, n_round - 1);
-            const G* gr = g + s_row[q];
-#pragma unroll
-            for (int v = 0; v < VEC; ++v) gv[u][v] = m0 + v < M ? load_f(gr, m0 + v) : 0.0f;
+            load_slice(g + s_row[q], m0, M, gv[u]);
           }
           float dot[kUnroll][3];
 #pragma unroll
@@ -212,7 +271,7 @@ __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, 
                                    : 0.0f);
         }
         store_row(a.pool.controls, a.pool.controls_half, a.pool.half_precision,
-                  (i * 3 + j) * M, m0, M, value);
+                  (i * 3 + j) * M, m0, M, value, true);
       }
     }
     if (one_round) {
@@ -317,11 +376,7 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
         for (; q + 4 <= n_round; q += 4) {
           float xv[4][VEC];
 #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const X* xr = x + s_row[q + u];
-#pragma unroll
-            for (int v = 0; v < VEC; ++v) xv[u][v] = j0 + v < D ? load_f(xr, j0 + v) : 0.0f;
-          }
+          for (int u = 0; u < 4; ++u) load_slice(x + s_row[q + u], j0, D, xv[u]);
 #pragma unroll
           for (int u = 0; u < 4; ++u) {
             const float e = s_e[q + u];
@@ -364,13 +419,24 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
       const int64_t j0 = chunk + int64_t(threadIdx.x) * VEC;
       float grad[VEC];
       chunk_grad(j0, grad);
+      float old[VEC];
+      if (VEC == 4 && j0 < D) {
+        const float4 q = __ldcs(reinterpret_cast<const float4*>(n + j0));
+        old[0] = q.x;
+        old[1 % VEC] = q.y;
+        old[2 % VEC] = q.z;
+        old[3 % VEC] = q.w;
+      } else {
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) old[v] = j0 + v < D ? n[j0 + v] : 0.0f;
+      }
       float value[VEC];
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
         const int64_t j = j0 + v;
         const int64_t at = i * D + j;
         float dummy_m = 0.0f, dummy_v = 0.0f;
-        value[v] = j < D ? n[j] + optimizer_delta(a.step, a.step.lr_geometry,
+        value[v] = j < D ? old[v] + optimizer_delta(a.step, a.step.lr_geometry,
                                                    grad[v] * clip_scale,
                                                    a.m_normals ? a.m_normals + at : &dummy_m,
                                                    a.v_normals ? a.v_normals + at : &dummy_v)
@@ -390,7 +456,8 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
       float value[VEC];
 #pragma unroll
       for (int v = 0; v < VEC; ++v) value[v] = j0 + v < D ? n[j0 + v] * inv : 0.0f;
-      store_row(a.pool.normals, a.pool.normals_half, a.pool.half_precision, i * D, j0, D, value);
+      store_row(a.pool.normals, a.pool.normals_half, a.pool.half_precision, i * D, j0, D, value,
+                true);
     }
     // The tensor's scalar sums, one pair per thread and a fixed-order block reduction.
     PairSums part_sums;
@@ -525,7 +592,9 @@ void launch_input_grad(const UpdateArgs& args, const int32_t* indices, int64_t r
 template <typename X>
 void launch_geometry_update_typed(const UpdateArgs& args, const X* x, int64_t max_runs,
                                   cudaStream_t stream) {
-  if (args.pool.input_dim % 4 == 0) {
+  // VEC 4 reads x four values at a time: the rows must be 16-byte aligned (x itself is the
+  // caller's array when there is no half copy).
+  if (args.pool.input_dim % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0) {
     geometry_update_kernel<X, 4><<<run_grid(max_runs), kThreads, 0, stream>>>(args, x);
   } else {
     geometry_update_kernel<X, 1><<<run_grid(max_runs), kThreads, 0, stream>>>(args, x);

@@ -429,5 +429,40 @@ TEST(CudaHalfPrecision, WideShapeSelection) {
   }
 }
 
+/// Every tensor shares one normal (the first axis, so each distance is x_0 + offset exactly, on
+/// both backends) and the offsets take `levels` values: thousands of equal distances per row with
+/// 3 levels (the selection's candidate buffer overflows and it takes its general path), tens with
+/// 400. Equal distances go to the smaller index, so the GPU must match the CPU exactly, with one
+/// block per row and with rows split into slices (5 rows).
+TEST(CudaSelection, EqualDistancesGoToTheSmallerIndex) {
+  HTFR_SKIP_WITHOUT_GPU();
+  for (int levels : {3, 400}) {
+    for (int64_t rows : {int64_t{70}, int64_t{5}}) {
+      Case c{"ties", rows, 8, 3, 20001, 24};
+      const HtfrConfig cfg = config_of(c);
+      Stream stream;
+      HyperTensorPool cpu_pool = random_cpu_pool(cfg, 77);
+      PoolParameters p = cpu_pool.download();
+      for (int64_t i = 0; i < c.N; ++i) {
+        for (int64_t j = 0; j < c.D; ++j) p.normals[i * c.D + j] = j == 0 ? 1.0f : 0.0f;
+        p.offsets[i] = static_cast<float>((i * 7919) % levels) / 64.0f;
+      }
+      cpu_pool.upload(p);
+      HtfrModel gpu(cfg, cpu_pool.clone(Backend::cuda, 0, stream.s));
+      HtfrModel cpu(cfg, std::move(cpu_pool));
+      const std::vector<float> x = random_normal(c.B * c.D, 9);
+      std::vector<float> d(c.B * c.K);
+      std::vector<int32_t> idx(c.B * c.K);
+      cpu.select(x.data(), c.B, idx.data(), d.data());
+      DeviceArray<float> dx(x), dd(c.B * c.K);
+      DeviceArray<int32_t> didx(c.B * c.K);
+      gpu.select(dx.get(), c.B, didx.get(), dd.get(), stream.s);
+      ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+      EXPECT_EQ(didx.download(), idx) << levels << " levels, " << rows << " rows";
+      EXPECT_EQ(dd.download(), d) << levels << " levels, " << rows << " rows";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace htfr::test
