@@ -105,23 +105,24 @@ __device__ __forceinline__ void load_row4(const float* p, float (&o)[4]) {
   o[2] = q.z;
   o[3] = q.w;
 }
-__device__ __forceinline__ void load_row4(const __nv_bfloat16* p, float (&o)[4]) {
+__device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
+__device__ __forceinline__ float2 to_float2(__half2 v) { return __half22float2(v); }
+/// The same for a half type T, whose pairs are H2: one 8-byte load.
+template <typename H2, typename T>
+__device__ __forceinline__ void load_half_row4(const T* p, float (&o)[4]) {
   const uint2 q = *reinterpret_cast<const uint2*>(p);
-  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.x));
-  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&q.y));
+  const float2 lo = to_float2(*reinterpret_cast<const H2*>(&q.x));
+  const float2 hi = to_float2(*reinterpret_cast<const H2*>(&q.y));
   o[0] = lo.x;
   o[1] = lo.y;
   o[2] = hi.x;
   o[3] = hi.y;
 }
+__device__ __forceinline__ void load_row4(const __nv_bfloat16* p, float (&o)[4]) {
+  load_half_row4<__nv_bfloat162>(p, o);
+}
 __device__ __forceinline__ void load_row4(const __half* p, float (&o)[4]) {
-  const uint2 q = *reinterpret_cast<const uint2*>(p);
-  const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&q.x));
-  const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&q.y));
-  o[0] = lo.x;
-  o[1] = lo.y;
-  o[2] = hi.x;
-  o[3] = hi.y;
+  load_half_row4<__half2>(p, o);
 }
 
 /// Values [at, at + VEC) of a row as floats, zero past `len`: one 8- or 16-byte load when VEC
