@@ -1,12 +1,13 @@
 // Top-K selection by smallest |d|, one block per row (or per slice of a row when there are few
 // rows). The row is read in segments of 8,192 distances held in registers. For each segment a
-// threshold T is found with 31 block-wide counting barriers: the smallest value that at least K of
-// the threads' own minima do not exceed, so at least K distances of the segment are <= T and,
-// unless the segment's best K share threads, only K pass. The distances <= T (and better than the
-// K carried from earlier segments) are compacted into shared memory, and the carried K plus these
-// few candidates are ranked by (|d|, index), each candidate counting those before it. Rows whose
-// candidates would overflow the buffer (many equal distances) take the general path: tiles of
-// 1,024 distances filtered against the K-th best so far, with BlockRadixSort on the buffer.
+// threshold T is found with 16 block-wide counting barriers: a value that at least K of the
+// threads' own minima do not exceed, within 2^-8 of the smallest such value, so at least K
+// distances of the segment are <= T and, unless the segment's best K share threads, about K pass.
+// The distances <= T (and better than the K carried from earlier segments) are compacted into
+// shared memory, and the carried K plus these few candidates are ranked by (|d|, index), each
+// candidate counting those before it. Rows whose candidates would overflow the buffer (many equal
+// distances) take the general path: tiles of 1,024 distances filtered against the K-th best so
+// far, with BlockRadixSort on the buffer.
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 
@@ -155,15 +156,17 @@ static_assert(kRanked >= kFastCapacity && kRanked + kMaxK <= kCapacity, "buffers
 static_assert(kMaxK <= kThreads, "a segment's threshold needs K threads");
 constexpr uint32_t kAboveAll = 0xFFFFFFFFu;                // above every key, kPadKey included
 
-/// The smallest v such that at least k threads of the block hold m <= v (k <= kThreads): bit by
-/// bit from the top, one counting barrier per bit.
+/// A value v such that at least k threads of the block hold m <= v (k <= kThreads), within
+/// 2^-8 (relative) of the smallest such value: bit by bit from the top, one counting barrier per
+/// bit, down to the exponent and the top 7 bits of the mantissa (16 barriers).
 __device__ uint32_t kth_smallest_of_threads(uint32_t m, int k) {
+  constexpr int kLowBit = 15;
   uint32_t v = 0;
-  for (int b = 30; b >= 0; --b) {
+  for (int b = 30; b >= kLowBit; --b) {
     const uint32_t trial = v | ((1u << b) - 1u);
     if (__syncthreads_count(m <= trial) < k) v |= 1u << b;
   }
-  return v;
+  return v | ((1u << kLowBit) - 1u);
 }
 
 /// Leaves the top K of distances [begin, end) of one row sorted by (|d|, index) in s.keys /
