@@ -265,10 +265,9 @@ __global__ void __launch_bounds__(kThreads) control_update_kernel(UpdateArgs a, 
         for (int v = 0; v < VEC; ++v) {
           const int64_t at = (i * 3 + j) * M + m0 + v;
           const bool in = m0 + v < M;
-          float dummy_m = 0.0f, dummy_v = 0.0f;
           value[v] = c[j][v] + (in ? optimizer_delta(a.step, a.step.lr, grad[j][v],
-                                                     a.m_controls ? a.m_controls + at : &dummy_m,
-                                                     a.v_controls ? a.v_controls + at : &dummy_v)
+                                                     a.m_controls ? a.m_controls + at : nullptr,
+                                                     a.v_controls ? a.v_controls + at : nullptr)
                                    : 0.0f);
         }
         store_row(a.pool.controls, a.pool.controls_half, a.pool.half_precision,
@@ -316,6 +315,21 @@ __global__ void __launch_bounds__(kThreads) input_grad_kernel(UpdateArgs a,
 struct PairSums {
   float grad_delta = 0, grad_tau = 0, sum_abs_d = 0, sum_loss = 0;
   float sum_pos = 0, sum_neg = 0, n_pos = 0, n_neg = 0;
+
+  __device__ void add(float e, float g_tau, float d, float loss) {
+    grad_delta += e;
+    grad_tau += g_tau;
+    sum_abs_d += fabsf(d);
+    sum_loss += loss;
+    if (d > 0.0f) {
+      sum_pos += d;
+      n_pos += 1.0f;
+    }
+    if (d < 0.0f) {
+      sum_neg += d;
+      n_neg += 1.0f;
+    }
+  }
 };
 
 struct PairSumsAdd {
@@ -335,62 +349,85 @@ struct PairSumsAdd {
 
 using SumsReduce = cub::BlockReduce<PairSums, kThreads>;
 
+/// The tensor's scalar parameters and statistics read by the geometry update, in the order the
+/// last warp loads them into shared memory.
+enum ScalarSlot { kOffset, kTau, kDpos, kDneg, kUseCount, kMeanAbsD, kLossTrace, kScalarSlots };
+
+__device__ __forceinline__ const float* scalar_array(const PoolView& p, int slot) {
+  switch (slot) {
+    case kOffset: return p.offsets;
+    case kTau: return p.tau;
+    case kDpos: return p.dpos;
+    case kDneg: return p.dneg;
+    case kUseCount: return p.use_count;
+    case kMeanAbsD: return p.mean_abs_d;
+    default: return p.loss_trace;
+  }
+}
+
 /// One block per touched tensor: the normal's gradient sum_r e_r x_r (rows in ascending order,
 /// VEC consecutive coordinates per thread, the pairs' row offsets and e staged in shared memory),
 /// optional clipping, the optimiser step, renormalisation; then the scalars from block-reduced
-/// sums over the rows.
+/// sums over the rows. The block's time is mostly dependent memory latencies, so the loads that
+/// do not depend on one another are issued together: the tensor's scalars by the last warp while
+/// the pairs are staged, the per-pair values the sums need with the staging, and each chunk's old
+/// normal before its gradient rows.
 template <typename X, int VEC>
 __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a, const X* x) {
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ typename SumsReduce::TempStorage sums_tmp;
   __shared__ float s_scale;
   __shared__ int64_t s_row[kStage];
-  __shared__ float s_e[kStage];
+  __shared__ float s_e[kStage], s_gtau[kStage], s_d[kStage], s_loss[kStage];
+  __shared__ float s_scalar[kScalarSlots];
   const int64_t D = a.pool.input_dim, N = a.pool.num_tensors;
   const int runs = *a.num_runs;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int run = blockIdx.x; run < runs; run += gridDim.x) {
     const int64_t i = a.run_tensor[run];
     const int32_t begin = a.run_offset[run], count = a.run_count[run];
     const bool one_round = count <= kStage;
-    auto e_of = [&](int32_t pair) {
-      return a.locality_gradient ? a.pair_grad[pair].e_exact : a.pair_grad[pair].e_paper;
+    if (warp == kThreads / 32 - 1 && lane < kScalarSlots) {
+      s_scalar[lane] = scalar_array(a.pool, lane)[i];
+    }
+    auto e_of = [&](const PairGradient& pg) {
+      return a.locality_gradient ? pg.e_exact : pg.e_paper;
     };
     auto stage = [&](int base, int n_round) {
       __syncthreads();
       for (int t = threadIdx.x; t < n_round; t += kThreads) {
         const int32_t pair = a.sorted_pairs[begin + base + t];
+        const PairGradient pg = a.pair_grad[pair];
         s_row[t] = int64_t(pair / a.k) * D;
-        s_e[t] = e_of(pair);
+        s_e[t] = e_of(pg);
+        s_gtau[t] = pg.g_tau;
+        s_d[t] = a.distances[pair];
+        s_loss[t] = a.row_loss[pair / a.k];
       }
       __syncthreads();
     };
     if (one_round) stage(0, count);
     // grad[v] = sum over the tensor's rows of e * x[row, j0 + v]; every thread calls it for every
-    // chunk (it may stage, which synchronises the block).
+    // chunk (it may stage, which synchronises the block). Rows go kGroup at a time, a short last
+    // group repeating its last row with weight zero, so each group is one round of loads.
     auto chunk_grad = [&](int64_t j0, float (&grad)[VEC]) {
 #pragma unroll
       for (int v = 0; v < VEC; ++v) grad[v] = 0.0f;
       for (int base = 0; base < count; base += kStage) {
         const int n_round = min(kStage, count - base);
         if (!one_round) stage(base, n_round);
-        int q = 0;
-        for (; q + 4 <= n_round; q += 4) {
-          float xv[4][VEC];
+        constexpr int kGroup = 4;
+        for (int q = 0; q < n_round; q += kGroup) {
+          float xv[kGroup][VEC];
 #pragma unroll
-          for (int u = 0; u < 4; ++u) load_slice(x + s_row[q + u], j0, D, xv[u]);
+          for (int u = 0; u < kGroup; ++u) {
+            load_slice(x + s_row[min(q + u, n_round - 1)], j0, D, xv[u]);
+          }
 #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const float e = s_e[q + u];
+          for (int u = 0; u < kGroup; ++u) {
+            const float e = q + u < n_round ? s_e[q + u] : 0.0f;
 #pragma unroll
             for (int v = 0; v < VEC; ++v) grad[v] += e * xv[u][v];
-          }
-        }
-        for (; q < n_round; ++q) {
-          const float e = s_e[q];
-          const X* xr = x + s_row[q];
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) {
-            if (j0 + v < D) grad[v] += e * load_f(xr, j0 + v);
           }
         }
       }
@@ -418,8 +455,6 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
     float part = 0.0f;
     for (int64_t chunk = 0; chunk < D; chunk += step) {
       const int64_t j0 = chunk + int64_t(threadIdx.x) * VEC;
-      float grad[VEC];
-      chunk_grad(j0, grad);
       float old[VEC];
       if (VEC == 4 && j0 < D) {
         const float4 q = __ldcs(reinterpret_cast<const float4*>(n + j0));
@@ -431,16 +466,17 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
 #pragma unroll
         for (int v = 0; v < VEC; ++v) old[v] = j0 + v < D ? n[j0 + v] : 0.0f;
       }
+      float grad[VEC];
+      chunk_grad(j0, grad);
       float value[VEC];
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
         const int64_t j = j0 + v;
         const int64_t at = i * D + j;
-        float dummy_m = 0.0f, dummy_v = 0.0f;
         value[v] = j < D ? old[v] + optimizer_delta(a.step, a.step.lr_geometry,
                                                    grad[v] * clip_scale,
-                                                   a.m_normals ? a.m_normals + at : &dummy_m,
-                                                   a.v_normals ? a.v_normals + at : &dummy_v)
+                                                   a.m_normals ? a.m_normals + at : nullptr,
+                                                   a.v_normals ? a.v_normals + at : nullptr)
                          : 0.0f;
         part += value[v] * value[v];
       }
@@ -460,22 +496,16 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
       store_row(a.pool.normals, a.pool.normals_half, a.pool.half_precision, i * D, j0, D, value,
                 true);
     }
-    // The tensor's scalar sums, one pair per thread and a fixed-order block reduction.
+    // The tensor's scalar sums, one pair per thread and a fixed-order block reduction; a tensor
+    // staged in one round has its per-pair values in shared memory already.
     PairSums part_sums;
     for (int q = threadIdx.x; q < count; q += kThreads) {
-      const int32_t pair = a.sorted_pairs[begin + q];
-      const float d = a.distances[pair];
-      part_sums.grad_delta += e_of(pair);
-      part_sums.grad_tau += a.pair_grad[pair].g_tau;
-      part_sums.sum_abs_d += fabsf(d);
-      part_sums.sum_loss += a.row_loss[pair / a.k];
-      if (d > 0.0f) {
-        part_sums.sum_pos += d;
-        part_sums.n_pos += 1.0f;
-      }
-      if (d < 0.0f) {
-        part_sums.sum_neg += d;
-        part_sums.n_neg += 1.0f;
+      if (one_round) {
+        part_sums.add(s_e[q], s_gtau[q], s_d[q], s_loss[q]);
+      } else {
+        const int32_t pair = a.sorted_pairs[begin + q];
+        const PairGradient pg = a.pair_grad[pair];
+        part_sums.add(e_of(pg), pg.g_tau, a.distances[pair], a.row_loss[pair / a.k]);
       }
     }
     const PairSums sums = SumsReduce(sums_tmp).Reduce(part_sums, PairSumsAdd{});
@@ -484,27 +514,28 @@ __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a,
       const double sum_abs_d = sums.sum_abs_d, sum_loss = sums.sum_loss;
       const float sum_pos = sums.sum_pos, sum_neg = sums.sum_neg;
       const int n_pos = static_cast<int>(sums.n_pos), n_neg = static_cast<int>(sums.n_neg);
-      float dummy_m = 0.0f, dummy_v = 0.0f;
       const StepParams& s = a.step;
-      a.pool.offsets[i] += optimizer_delta(s, s.lr_geometry, static_cast<float>(grad_delta),
-                                           a.m_scalars ? a.m_scalars + i : &dummy_m,
-                                           a.v_scalars ? a.v_scalars + i : &dummy_v);
+      a.pool.offsets[i] = s_scalar[kOffset] +
+                          optimizer_delta(s, s.lr_geometry, static_cast<float>(grad_delta),
+                                          a.m_scalars ? a.m_scalars + i : nullptr,
+                                          a.v_scalars ? a.v_scalars + i : nullptr);
       if (s.lr_tau > 0.0f) {
-        const float t = a.pool.tau[i] +
+        const float t = s_scalar[kTau] +
                         optimizer_delta(s, s.lr_tau, static_cast<float>(grad_tau),
-                                        a.m_scalars ? a.m_scalars + N + i : &dummy_m,
-                                        a.v_scalars ? a.v_scalars + N + i : &dummy_v);
+                                        a.m_scalars ? a.m_scalars + N + i : nullptr,
+                                        a.v_scalars ? a.v_scalars + N + i : nullptr);
         a.pool.tau[i] = fmaxf(t, s.tau_min);
       }
-      a.pool.dpos[i] = adapt_band(a.pool.dpos[i], s.band_gamma, n_pos,
+      a.pool.dpos[i] = adapt_band(s_scalar[kDpos], s.band_gamma, n_pos,
                                   n_pos ? float(sum_pos / n_pos) : 0.0f, s.band_min, true);
-      a.pool.dneg[i] = adapt_band(a.pool.dneg[i], s.band_gamma, n_neg,
+      a.pool.dneg[i] = adapt_band(s_scalar[kDneg], s.band_gamma, n_neg,
                                   n_neg ? float(sum_neg / n_neg) : 0.0f, s.band_min, false);
-      const float old = a.pool.use_count[i];
-      a.pool.mean_abs_d[i] =
-          static_cast<float>((double(a.pool.mean_abs_d[i]) * old + sum_abs_d) / (double(old) + count));
+      const float old = s_scalar[kUseCount];
+      a.pool.mean_abs_d[i] = static_cast<float>(
+          (double(s_scalar[kMeanAbsD]) * old + sum_abs_d) / (double(old) + count));
       const float mean_loss = static_cast<float>(sum_loss / count);
-      a.pool.loss_trace[i] = old == 0.0f ? mean_loss : 0.9f * a.pool.loss_trace[i] + 0.1f * mean_loss;
+      a.pool.loss_trace[i] =
+          old == 0.0f ? mean_loss : 0.9f * s_scalar[kLossTrace] + 0.1f * mean_loss;
       a.pool.use_count[i] = old + static_cast<float>(count);
       a.pool.last_used[i] = s.step;
     }

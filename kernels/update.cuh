@@ -40,7 +40,7 @@ struct UpdateArgs {
   /// pairs x kDotParts x 3: per-warp partial sums of G_j = g_r . C_i[:, j] (old controls)
   float* pair_dots = nullptr;
   PairGradient* pair_grad = nullptr;     ///< pairs
-  float* m_controls = nullptr;           ///< Adam state (null for SGD), same layouts as the pool
+  float* m_controls = nullptr;           ///< Adam state (null exactly when SGD), as the pool lays out
   float* v_controls = nullptr;
   float* m_normals = nullptr;
   float* v_normals = nullptr;

@@ -158,7 +158,8 @@ struct StepParams {
 };
 
 /// Change to apply to a parameter with gradient `grad` (summed over the batch) at rate `lr`,
-/// updating the Adam moments m, v when the optimiser is Adam.
+/// updating the Adam moments m, v when the optimiser is Adam (SGD reads neither: they may be
+/// null).
 HTFR_HD float optimizer_delta(const StepParams& s, float lr, float grad, float* m, float* v) {
   if (s.optimizer == Optimizer::adam) {
     *m = s.beta1 * *m + (1.0f - s.beta1) * grad;
