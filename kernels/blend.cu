@@ -75,10 +75,11 @@ __device__ void row_coefficients_warp(const FieldParams& p, int64_t row, int k,
     interpolation_coefficients(p.interpolation, d[e], pool.dneg[id[e]], pool.dpos[id[e]], c.a,
                                c.da);
     // alpha is zero outside the segment: columns (0, 1) on the negative side, (1, 2) otherwise.
-    const int first = c.a[0] != 0.0f ? 0 : 1;
-    col[e] = id[e] * 3 + first;
-    w0[e] = c.w * c.a[first];
-    w1[e] = c.w * c.a[first + 1];
+    // (Selects, not c.a[first]: a runtime index would put c in local memory.)
+    const bool negative = c.a[0] != 0.0f;
+    col[e] = id[e] * 3 + (negative ? 0 : 1);
+    w0[e] = c.w * (negative ? c.a[0] : c.a[1]);
+    w1[e] = c.w * (negative ? c.a[1] : c.a[2]);
     if (coef) coef[row * k + j] = c;
   }
 }

@@ -41,14 +41,14 @@ HTFR_HD void interpolation_coefficients(Interpolation mode, float d, float dneg,
     h = t * t * (3.0f - 2.0f * t);
     dh = inside ? 6.0f * t * (1.0f - t) / edge : 0.0f;
   }
-  const int side = positive ? 2 : 0;
-  const int other = 2 - side;
-  a[side] = h;
+  // The outer entry on d's side takes h, the other outer entry 0. Written as selects: an index
+  // chosen at run time would put a and da in a kernel's local memory.
+  a[0] = positive ? 0.0f : h;
   a[1] = 1.0f - h;
-  a[other] = 0.0f;
-  da[side] = dh;
+  a[2] = positive ? h : 0.0f;
+  da[0] = positive ? 0.0f : dh;
   da[1] = -dh;
-  da[other] = 0.0f;
+  da[2] = positive ? dh : 0.0f;
 }
 
 /// Unnormalised locality kernel k(d, tau) and its partial derivatives. For softmax the caller
