@@ -368,10 +368,9 @@ __device__ __forceinline__ const float* scalar_array(const PoolView& p, int slot
 /// One block per touched tensor: the normal's gradient sum_r e_r x_r (rows in ascending order,
 /// VEC consecutive coordinates per thread, the pairs' row offsets and e staged in shared memory),
 /// optional clipping, the optimiser step, renormalisation; then the scalars from block-reduced
-/// sums over the rows. The block's time is mostly dependent memory latencies, so the loads that
-/// do not depend on one another are issued together: the tensor's scalars by the last warp while
-/// the pairs are staged, the per-pair values the sums need with the staging, and each chunk's old
-/// normal before its gradient rows.
+/// sums over the rows. Loads that do not depend on one another are issued together: the tensor's
+/// scalars by the last warp while the pairs are staged, the per-pair values the sums need with
+/// the staging, and each chunk's old normal before its gradient rows.
 template <typename X, int VEC>
 __global__ void __launch_bounds__(kThreads) geometry_update_kernel(UpdateArgs a, const X* x) {
   __shared__ typename Reduce::TempStorage tmp;
