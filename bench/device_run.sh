@@ -53,10 +53,15 @@ for mode in "$@"; do
       gpu_tests+=':FwhtCuda.*:SrhtCuda.*:CountSketchCuda.*:PcaCuda.*:ProjectionStackCuda.*:ProjectionAdjoint.*Gpu'
       gpu_tests+=':*KMeansCuda*:*InitPoolCuda*:ContextCuda.*:HftCuda.*:SessionCuda.*:VerifyCuda.*'
       gpu_tests=${SANITIZE_FILTER:-$gpu_tests}
+      # racecheck reads tests/sanitizer/racecheck_cublas13_sm90.xml: two reports inside cuBLAS
+      # 13.0's Hopper GEMM kernels, each named by kernel and instruction offsets (README,
+      # "Benchmarks"); any other report still fails the run.
       for tool in ${SANITIZERS:-memcheck racecheck}; do
         filter=$gpu_tests
         [ "$tool" != memcheck ] && filter="$gpu_tests:-Learning/*"
-        compute-sanitizer --tool "$tool" --error-exitcode 3 "$BUILD/tests/htfr_tests" \
+        opts=()
+        [ "$tool" = racecheck ] && opts=(--suppressions tests/sanitizer/racecheck_cublas13_sm90.xml)
+        compute-sanitizer --tool "$tool" "${opts[@]}" --error-exitcode 3 "$BUILD/tests/htfr_tests" \
           --gtest_filter="$filter" >"$OUT/sanitize_$tool.log" 2>&1
         s=$?; echo "compute-sanitizer $tool: exit $s"; tail -4 "$OUT/sanitize_$tool.log"
         [ $s -eq 0 ] || rc=1
