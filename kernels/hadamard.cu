@@ -15,6 +15,7 @@
 #include "detail/check.hpp"
 #include "detail/device.hpp"
 #include "hadamard.cuh"
+#include "half_pairs.cuh"
 #include "launch.cuh"
 
 namespace htfr::detail {
@@ -48,12 +49,7 @@ __device__ __forceinline__ void unpack8(uint2 raw, float* out) {
     out[0] = __uint_as_float(raw.x);
     out[1] = __uint_as_float(raw.y);
   } else {
-    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-    out[0] = a.x;
-    out[1] = a.y;
-    out[2] = b.x;
-    out[3] = b.y;
+    unpack_half4<__nv_bfloat162>(raw, out);
   }
 }
 

@@ -12,6 +12,7 @@
 #include <cub/device/device_scan.cuh>
 
 #include "detail/check.hpp"
+#include "half_pairs.cuh"
 #include "launch.cuh"
 #include "update.cuh"
 
@@ -40,6 +41,21 @@ __device__ __forceinline__ void store_half(void* base, int64_t at, float v, Prec
   }
 }
 
+/// Four values as T at `half + at` (8-byte aligned), one store.
+template <typename T, int VEC>
+__device__ __forceinline__ void store_half4(void* half, int64_t at, const float (&value)[VEC],
+                                            bool streaming) {
+  uint2 packed;
+  packed.x = pack_pair<T>(value[0], value[1 % VEC]);
+  packed.y = pack_pair<T>(value[2 % VEC], value[3 % VEC]);
+  uint2* to = reinterpret_cast<uint2*>(static_cast<T*>(half) + at);
+  if (streaming) {
+    __stcs(to, packed);
+  } else {
+    *to = packed;
+  }
+}
+
 /// Stores value[0..VEC) at row + m0 (fp32, and the half copy when present): one 16-byte and one
 /// 8-byte store when VEC == 4 (the row length is then a multiple of 4), else element by element.
 template <int VEC>
@@ -55,29 +71,9 @@ __device__ __forceinline__ void store_row(float* dst, void* half, Precision p, i
     }
     if (half == nullptr) return;
     if (p == Precision::bf16) {
-      __nv_bfloat162 lo = __floats2bfloat162_rn(value[0], value[1 % VEC]);
-      __nv_bfloat162 hi = __floats2bfloat162_rn(value[2 % VEC], value[3 % VEC]);
-      uint2 packed;
-      packed.x = *reinterpret_cast<uint32_t*>(&lo);
-      packed.y = *reinterpret_cast<uint32_t*>(&hi);
-      uint2* to = reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(half) + row + m0);
-      if (streaming) {
-        __stcs(to, packed);
-      } else {
-        *to = packed;
-      }
+      store_half4<__nv_bfloat16>(half, row + m0, value, streaming);
     } else {
-      __half2 lo = __floats2half2_rn(value[0], value[1 % VEC]);
-      __half2 hi = __floats2half2_rn(value[2 % VEC], value[3 % VEC]);
-      uint2 packed;
-      packed.x = *reinterpret_cast<uint32_t*>(&lo);
-      packed.y = *reinterpret_cast<uint32_t*>(&hi);
-      uint2* to = reinterpret_cast<uint2*>(static_cast<__half*>(half) + row + m0);
-      if (streaming) {
-        __stcs(to, packed);
-      } else {
-        *to = packed;
-      }
+      store_half4<__half>(half, row + m0, value, streaming);
     }
     return;
   }
@@ -105,18 +101,10 @@ __device__ __forceinline__ void load_row4(const float* p, float (&o)[4]) {
   o[2] = q.z;
   o[3] = q.w;
 }
-__device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
-__device__ __forceinline__ float2 to_float2(__half2 v) { return __half22float2(v); }
 /// The same for a half type T, whose pairs are H2: one 8-byte load.
 template <typename H2, typename T>
 __device__ __forceinline__ void load_half_row4(const T* p, float (&o)[4]) {
-  const uint2 q = *reinterpret_cast<const uint2*>(p);
-  const float2 lo = to_float2(*reinterpret_cast<const H2*>(&q.x));
-  const float2 hi = to_float2(*reinterpret_cast<const H2*>(&q.y));
-  o[0] = lo.x;
-  o[1] = lo.y;
-  o[2] = hi.x;
-  o[3] = hi.y;
+  unpack_half4<H2>(*reinterpret_cast<const uint2*>(p), o);
 }
 __device__ __forceinline__ void load_row4(const __nv_bfloat16* p, float (&o)[4]) {
   load_half_row4<__nv_bfloat162>(p, o);
